@@ -1,0 +1,60 @@
+//! Mutation switches for the loom models.
+//!
+//! Each loom model comes with a mutation check: the model is run again with
+//! one ordering weakened or one step skipped, and must then fail. The
+//! switches exist only under `cfg(loom)`; in every other build `active`
+//! is a `const fn` returning `false`, so the production code paths are the
+//! plain ones.
+
+/// One deliberate weakening of an algorithm, aimed at the step a model covers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Mutant {
+    /// No mutation: the algorithm as written.
+    None = 0,
+    /// The edge log publishes `tail` with `Relaxed` instead of `Release`.
+    EdgePublishRelaxed,
+    /// The edge log consumer loads `tail` with `Relaxed` instead of `Acquire`.
+    EdgeTailLoadRelaxed,
+    /// The edge log consumer commits with `Relaxed` instead of `Release`.
+    EdgeCommitRelaxed,
+    /// The producer publishes with a plain store that wipes the CLOSED bit.
+    EdgePublishPlainStore,
+    /// A sleeper skips the `fence(SeqCst)` between registering and re-checking.
+    WaitSkipSleeperFence,
+    /// A waker skips the `fence(SeqCst)` between publishing and checking waiters.
+    WaitSkipWakerFence,
+}
+
+#[cfg(loom)]
+static ACTIVE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+/// Selects the mutation that the following loom models run with.
+#[cfg(loom)]
+pub fn set(mutant: Mutant) {
+    ACTIVE.store(mutant as u8, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// Whether `mutant` is the selected mutation.
+#[cfg(loom)]
+#[inline]
+pub(crate) fn active(mutant: Mutant) -> bool {
+    ACTIVE.load(std::sync::atomic::Ordering::SeqCst) == mutant as u8
+}
+
+/// Whether `mutant` is the selected mutation (never, outside loom).
+#[cfg(not(loom))]
+#[inline(always)]
+pub(crate) const fn active(_mutant: Mutant) -> bool {
+    false
+}
+
+/// `weak` when `mutant` is selected, `strong` otherwise.
+#[inline(always)]
+pub(crate) fn order(
+    strong: crate::sync::Ordering,
+    mutant: Mutant,
+    weak: crate::sync::Ordering,
+) -> crate::sync::Ordering {
+    if active(mutant) { weak } else { strong }
+}
