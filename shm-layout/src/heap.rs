@@ -78,3 +78,45 @@ impl HeapEdge {
         Edge::new(&self.ctrl, &self.ring).expect("heap edge is consistent")
     }
 }
+
+/// The futex stand-in for loom models: one Mutex/Condvar pair shared by
+/// every word (loom has no futex). A lost wake-up shows as a deadlock.
+#[cfg(loom)]
+#[derive(Default)]
+pub struct LoomFutex {
+    lock: loom::sync::Mutex<()>,
+    cond: loom::sync::Condvar,
+}
+
+#[cfg(loom)]
+impl crate::wait::Futex for LoomFutex {
+    fn wait(
+        &self,
+        word: &crate::sync::AtomicU32,
+        expected: u32,
+        _deadline: Option<std::time::Instant>,
+    ) {
+        self.wait_any(&[(word, expected)], None);
+    }
+
+    fn wait_any(
+        &self,
+        words: &[(&crate::sync::AtomicU32, u32)],
+        _deadline: Option<std::time::Instant>,
+    ) {
+        let guard = self.lock.lock().unwrap();
+        // Checked under the lock that `wake_all` takes after its bump, as
+        // the kernel checks a futex word under its hash-bucket lock.
+        if words
+            .iter()
+            .all(|(w, v)| w.load(crate::sync::Ordering::Relaxed) == *v)
+        {
+            drop(self.cond.wait(guard).unwrap());
+        }
+    }
+
+    fn wake_all(&self, _word: &crate::sync::AtomicU32) {
+        let _guard = self.lock.lock().unwrap();
+        self.cond.notify_all();
+    }
+}

@@ -1,0 +1,248 @@
+//! Loom models shared by the model tests and their mutation checks.
+//!
+//! Each model runs the production algorithm on a heap model with tiny
+//! capacities. `loom_models.rs` runs them as written (they must pass);
+//! `loom_mutations.rs` runs each with its aimed mutation (it must fail).
+
+use grafos_shm_layout::edge::{Edge, EdgeError, ProducerCursor};
+use grafos_shm_layout::heap::{HeapEdge, HeapRing, LoomFutex};
+use grafos_shm_layout::sync::{AtomicU64, Ordering};
+use grafos_shm_layout::wait::{WaitPoint, Waiter, wait_any};
+use loom::sync::Arc;
+use loom::thread;
+
+/// Runs `f` under loom with the budget from the environment
+/// (`LOOM_MAX_PREEMPTIONS`, default 2 here).
+pub fn check(f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    if std::env::var_os("LOOM_MAX_PREEMPTIONS").is_none() {
+        builder.preemption_bound = Some(2);
+    }
+    builder.check(f);
+}
+
+fn push(
+    edge: &Edge<'_, HeapRing>,
+    cur: &mut ProducerCursor,
+    data: &[u8],
+) -> Result<u64, EdgeError> {
+    let res = edge.try_reserve(cur, data.len() as u64)?;
+    edge.fill(&res, data);
+    edge.publish(cur, res)
+}
+
+/// Pushes `data`, yielding while the ring is full.
+fn push_spinning(edge: &Edge<'_, HeapRing>, cur: &mut ProducerCursor, data: &[u8]) {
+    loop {
+        match push(edge, cur, data) {
+            Ok(_) => return,
+            Err(EdgeError::Full) => thread::yield_now(),
+            Err(e) => panic!("push failed: {e}"),
+        }
+    }
+}
+
+/// Producer and consumer on a 64-byte ring; three records of 24, 16 and 24
+/// framed bytes force reuse of committed space and a padding record. The
+/// consumer commits each record. Payload bytes are tracked cells, so a
+/// missing Release/Acquire pair shows as a causality violation.
+pub fn edge_wraparound() {
+    let heap = Arc::new(HeapEdge::new(64, 0));
+    let records: [&[u8]; 3] = [&[1; 16], &[2; 8], &[3; 16]];
+    let producer = {
+        let heap = heap.clone();
+        thread::spawn(move || {
+            let edge = heap.edge();
+            let mut cur = edge.producer_cursor().unwrap();
+            for data in records {
+                push_spinning(&edge, &mut cur, data);
+            }
+        })
+    };
+    let edge = heap.edge();
+    let mut cur = edge.consumer_cursor().unwrap();
+    for expected in records {
+        let record = loop {
+            match edge.try_next(&mut cur).unwrap() {
+                Some(r) => break r,
+                None => thread::yield_now(),
+            }
+        };
+        let mut buf = vec![0; record.len as usize];
+        edge.copy_out(&record, &mut buf);
+        assert_eq!(buf, expected, "record read out of order or torn");
+        edge.commit(&mut cur, record.next, &LoomFutex::default())
+            .unwrap();
+    }
+    producer.join().unwrap();
+}
+
+/// A consumer reads two records, commits only the first and "dies"; a new
+/// consumer resumes after the commit and sees the second record again,
+/// while the producer is still appending into the freed space.
+pub fn edge_commit_reopen() {
+    let heap = Arc::new(HeapEdge::new(64, 0));
+    let producer = {
+        let heap = heap.clone();
+        thread::spawn(move || {
+            let edge = heap.edge();
+            let mut cur = edge.producer_cursor().unwrap();
+            for value in 1..=3u8 {
+                push_spinning(&edge, &mut cur, &[value; 16]);
+            }
+        })
+    };
+    let edge = heap.edge();
+    let read = |cur: &mut _| loop {
+        if let Some(r) = edge.try_next(cur).unwrap() {
+            let mut buf = [0u8; 16];
+            edge.copy_out(&r, &mut buf);
+            break (buf[0], r.next);
+        }
+        thread::yield_now();
+    };
+    let mut first = edge.consumer_cursor().unwrap();
+    let (one, after_one) = read(&mut first);
+    assert_eq!(one, 1);
+    edge.commit(&mut first, after_one, &LoomFutex::default())
+        .unwrap();
+    let (two, _) = read(&mut first);
+    assert_eq!(two, 2);
+    // The first consumer dies here without committing record 2.
+    let mut second = edge.consumer_cursor().unwrap();
+    assert_eq!(read(&mut second).0, 2, "uncommitted record not re-read");
+    let (three, end) = read(&mut second);
+    assert_eq!(three, 3);
+    edge.commit(&mut second, end, &LoomFutex::default())
+        .unwrap();
+    producer.join().unwrap();
+}
+
+/// A producer races a sealer. Every record the producer saw acknowledged
+/// is in the log; no record appears after the seal; the log stays sealed.
+pub fn edge_seal_race() {
+    let heap = Arc::new(HeapEdge::new(64, 0));
+    let acked = Arc::new(AtomicU64::new(0));
+    let producer = {
+        let (heap, acked) = (heap.clone(), acked.clone());
+        thread::spawn(move || {
+            let edge = heap.edge();
+            let Ok(mut cur) = edge.producer_cursor() else {
+                return;
+            };
+            for value in 1..=2u8 {
+                let res = match edge.try_reserve(&mut cur, 8) {
+                    Ok(res) => res,
+                    Err(EdgeError::Sealed) => return,
+                    Err(e) => panic!("{e}"),
+                };
+                edge.fill(&res, &[value; 8]);
+                match edge.publish(&mut cur, res) {
+                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
+                    Err(EdgeError::Sealed) => return,
+                    Err(e) => panic!("{e}"),
+                };
+            }
+        })
+    };
+    let sealer = {
+        let heap = heap.clone();
+        thread::spawn(move || {
+            let edge = heap.edge();
+            edge.seal(&LoomFutex::default());
+            edge.positions().0
+        })
+    };
+    producer.join().unwrap();
+    let tail_at_seal = sealer.join().unwrap();
+    let edge = heap.edge();
+    let (tail, _, sealed) = edge.positions();
+    assert!(sealed, "seal violated: a publish wiped the CLOSED bit");
+    assert_eq!(
+        tail, tail_at_seal,
+        "seal violated: a record appeared after the seal"
+    );
+    let mut cur = edge.consumer_cursor().unwrap();
+    let mut read = 0;
+    loop {
+        match edge.try_next(&mut cur) {
+            Ok(Some(_)) => read += 1,
+            Err(EdgeError::Sealed) => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(
+        read,
+        acked.load(Ordering::Relaxed),
+        "seal violated: acknowledged records missing"
+    );
+}
+
+/// A sleeper waits for a flag; a waker sets it and wakes. A lost wake-up
+/// leaves the sleeper blocked forever, which loom reports as a deadlock.
+pub fn wait_no_lost_wakeup() {
+    let point = Arc::new(WaitPoint::new());
+    let flag = Arc::new(AtomicU64::new(0));
+    let futex = Arc::new(LoomFutex::default());
+    let waker = {
+        let (point, flag, futex) = (point.clone(), flag.clone(), futex.clone());
+        thread::spawn(move || {
+            flag.store(1, Ordering::Release);
+            point.wake(&*futex);
+        })
+    };
+    let woke = point.wait_until(&*futex, Waiter::slot(0), 0, None, || {
+        flag.load(Ordering::Acquire) == 1
+    });
+    assert!(woke);
+    waker.join().unwrap();
+    assert!(!point.has_waiters(), "registration left behind");
+}
+
+/// A consumer sleeps on an edge log until the producer's records arrive.
+pub fn edge_blocking_read() {
+    let heap = Arc::new(HeapEdge::new(64, 0));
+    let futex = Arc::new(LoomFutex::default());
+    let producer = {
+        let (heap, futex) = (heap.clone(), futex.clone());
+        thread::spawn(move || {
+            let edge = heap.edge();
+            let mut cur = edge.producer_cursor().unwrap();
+            push(&edge, &mut cur, &[9; 8]).unwrap();
+            edge.wake_consumer(&*futex);
+        })
+    };
+    let edge = heap.edge();
+    let mut cur = edge.consumer_cursor().unwrap();
+    let record = loop {
+        if let Some(r) = edge.try_next(&mut cur).unwrap() {
+            break r;
+        }
+        assert!(edge.wait_for_data(&cur, &*futex, 0, None));
+    };
+    assert_eq!(record.len, 8);
+    producer.join().unwrap();
+}
+
+/// A sleeper waits on two points at once; the waker changes the second.
+pub fn wait_any_no_lost_wakeup() {
+    let points = Arc::new([WaitPoint::new(), WaitPoint::new()]);
+    let flag = Arc::new(AtomicU64::new(0));
+    let futex = Arc::new(LoomFutex::default());
+    let waker = {
+        let (points, flag, futex) = (points.clone(), flag.clone(), futex.clone());
+        thread::spawn(move || {
+            flag.store(1, Ordering::Release);
+            points[1].wake(&*futex);
+        })
+    };
+    let woke = wait_any(
+        &*futex,
+        &[&points[0], &points[1]],
+        Waiter::slot(3),
+        None,
+        || flag.load(Ordering::Acquire) == 1,
+    );
+    assert!(woke);
+    waker.join().unwrap();
+}
