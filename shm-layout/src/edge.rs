@@ -72,7 +72,7 @@ impl EdgeParams {
                 "edge capacity must be a power of two from 64 B to 1 TiB",
             ));
         }
-        let max_payload = (capacity / 2 - RECORD_HEADER).min(u64::from(u32::MAX & !7));
+        let max_payload = (capacity / 2 - RECORD_HEADER).min(u64::from(!7u32));
         Ok(EdgeParams {
             capacity,
             max_payload,
@@ -275,6 +275,8 @@ pub enum EdgeError {
     /// A commit position that is not a record boundary between the
     /// committed and the read position.
     BadPosition(u64),
+    /// A blocking operation reached its deadline.
+    TimedOut,
     /// A value read from shared memory is inconsistent.
     Corrupt(&'static str),
 }
@@ -293,6 +295,7 @@ impl std::fmt::Display for EdgeError {
             EdgeError::BadPosition(pos) => {
                 write!(f, "position {pos} is not a readable record boundary")
             }
+            EdgeError::TimedOut => f.write_str("timed out"),
             EdgeError::Corrupt(what) => write!(f, "corrupt edge log: {what}"),
         }
     }
@@ -408,7 +411,8 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     // ----- roles -----
 
     /// Takes the producer role for `me` (non-zero), taking it over from a
-    /// holder that `is_dead` says is gone.
+    /// holder that `is_dead` says is gone. Acquire on success pairs with
+    /// the AcqRel release of the previous holder.
     ///
     /// # Errors
     /// The identity of the live holder.
@@ -527,7 +531,13 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             }
             cur.committed = committed;
             if cur.tail - committed + need > self.geo.capacity {
-                return Err(EdgeError::Full);
+                // A sealed log never drains for the producer: say so, or a
+                // blocking push would wait for space forever.
+                return Err(if self.is_sealed() {
+                    EdgeError::Sealed
+                } else {
+                    EdgeError::Full
+                });
             }
         }
         let mut start = cur.tail;
@@ -814,7 +824,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
 
     /// The wait point a consumer sleeps on, for waiting on it together
     /// with others ([`crate::wait::wait_any`]).
-    pub fn data_wait_point(&self) -> &WaitPoint {
+    pub fn data_wait_point(&self) -> &'a WaitPoint {
         &self.ctrl.data_wait.0
     }
 
@@ -835,7 +845,9 @@ fn claim(word: &AtomicU64, me: u64, is_dead: impl Fn(u64) -> bool) -> Result<(),
     assert_ne!(me, 0, "role owner identities are non-zero");
     let mut current = word.load(Ordering::Acquire);
     loop {
-        if current != 0 && current != me && !is_dead(current) {
+        // A role held by this very identity is taken too: two handles of
+        // one process must not share a single-holder role.
+        if current != 0 && (current == me || !is_dead(current)) {
             return Err(current);
         }
         match word.compare_exchange(current, me, Ordering::AcqRel, Ordering::Acquire) {
@@ -990,6 +1002,11 @@ mod tests {
         let edge = heap.edge();
         edge.claim_producer(7, |_| false).unwrap();
         assert_eq!(edge.claim_producer(8, |_| false), Err(7));
+        assert_eq!(
+            edge.claim_producer(7, |_| true),
+            Err(7),
+            "a holder cannot claim twice"
+        );
         edge.claim_producer(8, |owner| owner == 7).unwrap();
         edge.release_producer(7);
         assert_eq!(edge.owners().0, 8);

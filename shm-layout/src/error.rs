@@ -17,6 +17,9 @@ pub enum LayoutError {
     /// The first eight bytes are not grafos' magic (not a grafos segment,
     /// or one whose creator has not finished writing its header).
     BadMagic,
+    /// The creator has not finished initialising the segment (its fence
+    /// word is still zero).
+    Uninitialized,
     /// Written by a different layout version.
     VersionMismatch {
         /// Version in the segment.
@@ -51,6 +54,7 @@ impl std::fmt::Display for LayoutError {
                 write!(f, "segment too small: {size} bytes, need {needed}")
             }
             LayoutError::BadMagic => f.write_str("not a grafos segment (bad magic)"),
+            LayoutError::Uninitialized => f.write_str("segment not initialised yet"),
             LayoutError::VersionMismatch { found, expected } => {
                 write!(f, "layout version {found}, this build speaks {expected}")
             }

@@ -1,1 +1,23 @@
-//! placeholder
+//! The library a grafos worker process links.
+//!
+//! * [`segment`]: POSIX shared-memory segments with a validated header.
+//! * [`edge`]: edge logs, the single-producer single-consumer queue with a
+//!   committed position (records survive a consumer crash).
+//! * [`futex`]: futex waits on words in shared memory.
+//! * [`process`]: process identities that survive pid reuse.
+//!
+//! Shared memory is untrusted input: everything read from a segment is
+//! validated, and garbage yields [`FabricError`]s, never undefined
+//! behaviour. (Truncating another process's segment is outside that
+//! promise: segments are mode 0600 and only their creator sizes them.)
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+
+pub mod edge;
+pub mod error;
+pub mod futex;
+pub mod process;
+pub mod segment;
+
+pub use error::{FabricError, Result};
+pub use grafos_shm_layout as layout;

@@ -1,0 +1,94 @@
+//! The worker library's error type.
+
+use grafos_shm_layout::LayoutError;
+use grafos_shm_layout::edge::EdgeError;
+
+/// What went wrong in a grafos library call.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum FabricError {
+    /// A system call failed.
+    #[error("{op} {target}: {source}")]
+    Io {
+        /// The operation (`shm_open`, `mmap`, ...).
+        op: &'static str,
+        /// What it was applied to.
+        target: String,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// No segment of that name exists.
+    #[error("segment {0} not found")]
+    NotFound(String),
+    /// A segment of that name exists already.
+    #[error("segment {0} already exists")]
+    AlreadyExists(String),
+    /// Shared memory (tmpfs) is full: the segment could not be reserved.
+    #[error("no room in /dev/shm for {bytes} bytes of {name}")]
+    NoSpace {
+        /// Segment name.
+        name: String,
+        /// Bytes requested.
+        bytes: u64,
+    },
+    /// An instance or object name breaks the naming rules.
+    #[error("invalid name {name:?}: {reason}")]
+    InvalidName {
+        /// The name given.
+        name: String,
+        /// The rule it breaks.
+        reason: &'static str,
+    },
+    /// A parameter is out of range.
+    #[error("invalid argument: {0}")]
+    InvalidArgument(String),
+    /// A segment's bytes are not what the opener expects.
+    #[error("segment {name}: {source}")]
+    Layout {
+        /// Segment name.
+        name: String,
+        /// What failed to validate.
+        source: LayoutError,
+    },
+    /// A single-holder role is held by a live process.
+    #[error("the {role} role of {name} is held by live process {owner}")]
+    RoleTaken {
+        /// Segment name.
+        name: String,
+        /// `producer` or `consumer`.
+        role: &'static str,
+        /// The holder (pid and start time).
+        owner: crate::process::ProcessId,
+    },
+    /// An edge log operation failed.
+    #[error(transparent)]
+    Edge(#[from] EdgeError),
+    /// A typed record does not have the size of its type.
+    #[error("record of {found} bytes where {expected} were expected")]
+    WrongSize {
+        /// Bytes expected for the type.
+        expected: usize,
+        /// Bytes in the record.
+        found: usize,
+    },
+    /// A serde record could not be encoded or decoded.
+    #[error("codec: {0}")]
+    Codec(String),
+}
+
+/// `Result` with [`FabricError`].
+pub type Result<T, E = FabricError> = std::result::Result<T, E>;
+
+impl FabricError {
+    pub(crate) fn io(
+        op: &'static str,
+        target: impl Into<String>,
+        errno: rustix::io::Errno,
+    ) -> FabricError {
+        FabricError::Io {
+            op,
+            target: target.into(),
+            source: errno.into(),
+        }
+    }
+}

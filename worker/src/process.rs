@@ -1,0 +1,114 @@
+//! Process identities that survive pid reuse.
+
+use std::fmt;
+
+/// A process: its pid and its start time (clock ticks after boot), packed
+/// into a non-zero `u64` for role words in shared memory:
+/// `pid << 40 | (start_time & (2^40 - 1))`.
+///
+/// A recycled pid has a later start time, so a dead holder never looks
+/// alive again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcessId {
+    /// Process id.
+    pub pid: u32,
+    /// Start time in clock ticks after boot (field 22 of `/proc/PID/stat`),
+    /// truncated to 40 bits.
+    pub start_time: u64,
+}
+
+const START_BITS: u32 = 40;
+const START_MASK: u64 = (1 << START_BITS) - 1;
+
+impl ProcessId {
+    /// The calling process.
+    ///
+    /// # Panics
+    /// If `/proc/self/stat` cannot be read (no procfs).
+    pub fn current() -> ProcessId {
+        let pid = std::process::id();
+        let (_, start) = stat(pid).expect("/proc/self/stat is readable");
+        ProcessId {
+            pid,
+            start_time: start & START_MASK,
+        }
+    }
+
+    /// Packs into a role word.
+    pub fn pack(self) -> u64 {
+        (u64::from(self.pid) << START_BITS) | (self.start_time & START_MASK)
+    }
+
+    /// Unpacks a role word.
+    pub fn unpack(raw: u64) -> ProcessId {
+        ProcessId {
+            pid: (raw >> START_BITS) as u32,
+            start_time: raw & START_MASK,
+        }
+    }
+
+    /// Whether this process is still running (not exited, not a zombie).
+    pub fn is_alive(self) -> bool {
+        match stat(self.pid) {
+            Some((state, start)) => {
+                start & START_MASK == self.start_time && state != 'Z' && state != 'X'
+            }
+            None => false,
+        }
+    }
+}
+
+impl fmt::Display for ProcessId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "pid {} (started at tick {})", self.pid, self.start_time)
+    }
+}
+
+/// State letter and start time from `/proc/PID/stat`.
+fn stat(pid: u32) -> Option<(char, u64)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: the
+    // fields after it start behind the last ')'.
+    let rest = &text[text.rfind(')')? + 1..];
+    let mut fields = rest.split_ascii_whitespace();
+    let state = fields.next()?.chars().next()?;
+    // Fields 3.. follow; start time is field 22, the 20th after the name.
+    let start = fields.nth(18)?.parse().ok()?;
+    Some((state, start))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn current_process_is_alive_and_round_trips() {
+        let me = ProcessId::current();
+        assert!(me.is_alive());
+        assert_eq!(ProcessId::unpack(me.pack()), me);
+        assert_ne!(me.pack(), 0);
+    }
+
+    #[test]
+    fn a_reaped_child_is_dead() {
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let id = ProcessId {
+            pid: child.id(),
+            start_time: stat(child.id()).map_or(0, |s| s.1) & START_MASK,
+        };
+        child.wait().unwrap();
+        assert!(!id.is_alive());
+    }
+
+    #[test]
+    fn same_pid_other_start_time_is_dead() {
+        let me = ProcessId::current();
+        assert!(
+            !ProcessId {
+                start_time: me.start_time + 1,
+                ..me
+            }
+            .is_alive()
+        );
+    }
+}
