@@ -94,3 +94,12 @@ fn edge_waker_without_fence_loses_wakeups() {
         "deadlock",
     );
 }
+
+#[test]
+fn wait_any_sleeper_without_fence_loses_wakeups() {
+    must_fail(
+        Mutant::WaitSkipSleeperFence,
+        models::wait_any_no_lost_wakeup,
+        "deadlock",
+    );
+}

@@ -574,6 +574,11 @@ impl EdgeConsumer {
     /// Reads the next record, sleeping until one is published, for at
     /// most `timeout` (`None`: no limit).
     ///
+    /// The producer reuses only committed space: a consumer that sleeps
+    /// holding a log's worth of read but uncommitted records waits for a
+    /// producer that waits for it. Commit before sleeping, or size the log
+    /// for the commit batch.
+    ///
     /// # Errors
     /// `TimedOut`, `Sealed` or `Corrupt`.
     pub fn read(&mut self, timeout: Option<Duration>) -> Result<RecordRef<'_>, EdgeError> {
