@@ -19,7 +19,12 @@ use grafos_worker::segment::{Segment, SegmentName, instance_prefix, validate_ins
 #[command(version, about, long_about)]
 struct Cli {
     /// Instance whose segments to act on.
-    #[arg(long, global = true, env = "GRAFOS_INSTANCE", default_value = "default")]
+    #[arg(
+        long,
+        global = true,
+        env = "GRAFOS_INSTANCE",
+        default_value = "default"
+    )]
     instance: String,
     #[command(subcommand)]
     command: Command,
@@ -55,7 +60,11 @@ fn main() -> ExitCode {
 fn segments(instance: &str) -> Result<(), FabricError> {
     let prefix = instance_prefix(instance);
     let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map_err(|e| FabricError::Io { op: "read_dir", target: "/dev/shm".into(), source: e })?
+        .map_err(|e| FabricError::Io {
+            op: "read_dir",
+            target: "/dev/shm".into(),
+            source: e,
+        })?
         .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
         .filter_map(|name| name.strip_prefix(&prefix).map(str::to_owned))
         .collect();
@@ -64,7 +73,10 @@ fn segments(instance: &str) -> Result<(), FabricError> {
         println!("no segments of instance {instance:?} in /dev/shm");
         return Ok(());
     }
-    println!("{:<32} {:<8} {:>12} {:>5} {:<9} DETAILS", "OBJECT", "KIND", "BYTES", "GEN", "STATE");
+    println!(
+        "{:<32} {:<8} {:>12} {:>5} {:<9} DETAILS",
+        "OBJECT", "KIND", "BYTES", "GEN", "STATE"
+    );
     for object in names {
         let name = SegmentName::new(instance, &object)?;
         match describe(&name) {

@@ -65,7 +65,13 @@ fn fill(seq: u64, buf: &mut [u8]) {
 fn produce(args: &Args) -> Result<()> {
     let object = format!("quickstart-{}", std::process::id());
     let name = SegmentName::new(&args.instance, &object)?;
-    let log = EdgeLog::create(&name, &EdgeConfig { capacity: args.capacity, ..EdgeConfig::default() })?;
+    let log = EdgeLog::create(
+        &name,
+        &EdgeConfig {
+            capacity: args.capacity,
+            ..EdgeConfig::default()
+        },
+    )?;
     // Unlink the segment whatever happens next; mappings stay valid.
     struct Unlink(SegmentName);
     impl Drop for Unlink {
@@ -75,7 +81,12 @@ fn produce(args: &Args) -> Result<()> {
     }
     let _unlink = Unlink(name.clone());
     if args.size as usize > log.max_record() {
-        return Err(format!("--size {} exceeds the log's maximum record of {} bytes", args.size, log.max_record()).into());
+        return Err(format!(
+            "--size {} exceeds the log's maximum record of {} bytes",
+            args.size,
+            log.max_record()
+        )
+        .into());
     }
     let mut producer = log.producer()?;
     println!(
@@ -84,7 +95,12 @@ fn produce(args: &Args) -> Result<()> {
     );
     let mut child = Command::new(std::env::current_exe()?)
         .args(["--consume", &object, "--instance", &args.instance])
-        .args(["--records", &args.records.to_string(), "--size", &args.size.to_string()])
+        .args([
+            "--records",
+            &args.records.to_string(),
+            "--size",
+            &args.size.to_string(),
+        ])
         .spawn()?;
 
     let start = Instant::now();
@@ -117,7 +133,10 @@ fn consume(args: &Args, object: &str) -> Result<()> {
         start.get_or_insert_with(Instant::now);
         let bytes = record.bytes();
         let (body, sum) = bytes.split_at(bytes.len() - 8);
-        if bytes.len() as u64 != args.size || fnv1a(body).to_le_bytes() != sum || body[..8] != seq.to_le_bytes() {
+        if bytes.len() as u64 != args.size
+            || fnv1a(body).to_le_bytes() != sum
+            || body[..8] != seq.to_le_bytes()
+        {
             return Err(format!("record {seq} damaged or out of order").into());
         }
         // Commit in batches, as a consumer that checkpoints would.
@@ -126,8 +145,15 @@ fn consume(args: &Args, object: &str) -> Result<()> {
         }
     }
     consumer.commit_read();
-    report("consumer", args, start.map_or(Duration::ZERO, |s| s.elapsed()));
-    println!("quickstart: all {} records arrived in order, checksums good", args.records);
+    report(
+        "consumer",
+        args,
+        start.map_or(Duration::ZERO, |s| s.elapsed()),
+    );
+    println!(
+        "quickstart: all {} records arrived in order, checksums good",
+        args.records
+    );
     Ok(())
 }
 
