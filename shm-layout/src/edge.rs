@@ -765,6 +765,9 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         pos: u64,
         futex: &F,
     ) -> Result<(), EdgeError> {
+        if pos == cur.committed {
+            return Ok(());
+        }
         if pos < cur.committed || pos > cur.read {
             return Err(EdgeError::BadPosition(pos));
         }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grafos_worker::edge::{EdgeConfig, EdgeLog};
-use grafos_worker::layout::header::fnv1a;
+
 use grafos_worker::segment::{Segment, SegmentName};
 
 /// Stream records between two processes through a grafos edge log.
@@ -59,7 +59,7 @@ fn fill(seq: u64, buf: &mut [u8]) {
     let (body, sum) = buf.split_at_mut(buf.len() - 8);
     body[..8].copy_from_slice(&seq.to_le_bytes());
     body[8..].fill(seq as u8);
-    sum.copy_from_slice(&fnv1a(body).to_le_bytes());
+    sum.copy_from_slice(&u64::from(crc32fast::hash(body)).to_le_bytes());
 }
 
 fn produce(args: &Args) -> Result<()> {
@@ -134,7 +134,7 @@ fn consume(args: &Args, object: &str) -> Result<()> {
         let bytes = record.bytes();
         let (body, sum) = bytes.split_at(bytes.len() - 8);
         if bytes.len() as u64 != args.size
-            || fnv1a(body).to_le_bytes() != sum
+            || u64::from(crc32fast::hash(body)).to_le_bytes() != sum
             || body[..8] != seq.to_le_bytes()
         {
             return Err(format!("record {seq} damaged or out of order").into());
