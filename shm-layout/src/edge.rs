@@ -4,21 +4,33 @@
 //! Positions are absolute `u64` byte offsets that only grow; a record at
 //! position `p` lives at ring offset `p & (capacity - 1)`. Like Aeron's
 //! subscriber position, the consumer's `committed` position is shared: the
-//! producer may overwrite bytes only below it, and a consumer that reopens
-//! the log resumes there, so a record read but not committed is read again.
+//! producer may overwrite bytes only below `committed + capacity`, and a
+//! consumer that reopens the log resumes at `committed`, so a record read
+//! but not committed is read again.
 //!
-//! Record framing (8-byte aligned): an 8-byte header `len: u32, kind: u32`
-//! followed by `len` payload bytes padded to 8. A record never wraps: when it
-//! does not fit before the end of the ring, a PAD record fills the rest and
-//! the record starts at offset 0. Records are at most `capacity / 2` bytes
-//! framed, so an empty ring always has room for one.
+//! Record framing (8-byte aligned): an 8-byte atomic header word
+//! `kind << 32 | len` followed by `len` payload bytes padded to 8. A record
+//! never wraps: when it does not fit before the end of the ring, a PAD
+//! record fills the rest and the record starts at offset 0. Framed records
+//! are at most `capacity / 2` bytes, so an empty ring has room for one.
 //!
-//! Publication is a single `compare_exchange` of `tail` (Release), which
-//! fails once the CLOSED bit is set by [`Edge::seal`]: after a seal no
-//! record can appear, and nothing is ever visible half-written.
+//! **Publication** (as in Aeron, the header is the commit of a record): the
+//! producer writes the payload, stores 0 into the header word of the *next*
+//! record position, then publishes with `compare_exchange(0, header)`
+//! (Release). The consumer acquires the header word at its read position:
+//! 0 means "nothing yet". It never reads a word the producer writes per
+//! record other than the record itself, so the two sides share only the
+//! cache lines the data needs.
 //!
-//! Everything the consumer reads from the ring (headers, lengths, `tail`)
-//! is bounds-checked: a scribbled segment yields [`EdgeError::Corrupt`].
+//! **Sealing** writes an END header into the first unpublished header word
+//! by the same CAS from 0, so a producer's later publish there fails and no
+//! record can appear after a seal; nothing is ever visible half-written.
+//!
+//! A producer killed before its CAS leaves that header 0: its successor
+//! finds the frontier by walking the published headers from `committed`
+//! and overwrites the half-written bytes. Everything the consumer reads from
+//! the ring (headers, lengths) is bounds-checked: a scribbled segment yields
+//! [`EdgeError::Corrupt`].
 
 use std::time::Instant;
 
@@ -29,20 +41,20 @@ use crate::mutant::{self, Mutant, order};
 use crate::sync::{AtomicU64, Ordering};
 use crate::wait::{Futex, WaitPoint, Waiter};
 
-/// Bit 63 of `tail`: the log is sealed; publishing fails.
-pub const CLOSED: u64 = 1 << 63;
 /// Size of a record header.
 pub const RECORD_HEADER: u64 = 8;
 /// Smallest ring capacity.
 pub const MIN_CAPACITY: u64 = 64;
-/// Largest ring capacity (1 TiB; framed records stay below `u32::MAX`
-/// only up to 8 GiB rings, so payloads are also capped by `u32`).
+/// Largest ring capacity (1 TiB).
 pub const MAX_CAPACITY: u64 = 1 << 40;
 /// Size of [`EdgeControl`] in a segment; the ring follows it.
 pub const CONTROL_SIZE: u64 = 768;
+/// Positions stay below this (bit 63 is never set).
+pub const MAX_POSITION: u64 = 1 << 62;
 
-const KIND_DATA: u32 = 0x4154_4144; // "DATA"
-const KIND_PAD: u32 = 0x2044_4150; // "PAD "
+const KIND_DATA: u64 = 0x4154_4144; // "DATA"
+const KIND_PAD: u64 = 0x2044_4150; // "PAD "
+const KIND_END: u64 = 0x2044_4E45; // "END "
 
 /// The consumer's registration bit on `data_wait`.
 pub const CONSUMER_WAITER: Waiter = Waiter::slot(0);
@@ -55,7 +67,7 @@ pub const PRODUCER_WAITER: Waiter = Waiter::slot(1);
 pub struct EdgeParams {
     /// Ring size in bytes: a power of two in `MIN_CAPACITY..=MAX_CAPACITY`.
     pub capacity: u64,
-    /// Largest payload: `min(capacity / 2 - RECORD_HEADER, u32::MAX & !7)`.
+    /// Largest payload: `min(capacity / 2 - RECORD_HEADER, 0xFFFF_FFF8)`.
     pub max_payload: u64,
     /// Reserved, zero.
     pub reserved: [u64; 14],
@@ -115,13 +127,41 @@ impl Geometry {
         })
     }
 
-    fn mask(&self) -> u64 {
-        self.capacity - 1
+    fn offset(&self, position: u64) -> u64 {
+        position & (self.capacity - 1)
     }
 
     /// Framed size of a record with `len` payload bytes.
     pub fn framed(len: u64) -> u64 {
         RECORD_HEADER + len.next_multiple_of(8)
+    }
+}
+
+/// A decoded header word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Header {
+    /// Nothing published here yet.
+    Empty,
+    /// A record of `len` payload bytes.
+    Data(u64),
+    /// Filler up to the end of the ring.
+    Pad(u64),
+    /// The log was sealed here.
+    End,
+}
+
+fn header_word(kind: u64, len: u64) -> u64 {
+    (kind << 32) | len
+}
+
+fn decode(word: u64) -> Result<Header, EdgeError> {
+    let len = word & 0xFFFF_FFFF;
+    match word >> 32 {
+        0 if len == 0 => Ok(Header::Empty),
+        KIND_DATA => Ok(Header::Data(len)),
+        KIND_PAD => Ok(Header::Pad(len)),
+        KIND_END if len == 0 => Ok(Header::End),
+        _ => Err(EdgeError::Corrupt("unknown record header")),
     }
 }
 
@@ -132,12 +172,13 @@ impl Geometry {
 #[derive(Debug)]
 struct Line<T>(T);
 
-/// The role owners: a non-zero identity of the process holding each role.
+/// Rarely written words: role owners and the sealed flag.
 #[repr(C)]
 #[derive(Debug)]
-struct Owners {
+struct Roles {
     producer: AtomicU64,
     consumer: AtomicU64,
+    sealed: AtomicU64,
 }
 
 /// The control block at the start of an edge log's body (768 bytes; see
@@ -147,8 +188,9 @@ struct Owners {
 pub struct EdgeControl {
     /// Immutable parameters.
     params: EdgeParams,
-    /// Producer position (bits 0..63) | CLOSED (bit 63). Written only by the
-    /// producer (publish CAS) and the sealer (`fetch_or(CLOSED)`).
+    /// Position after the last record published, stored by the producer
+    /// after each publish: a hint for observers, never read on the data
+    /// path (the headers are the truth).
     tail: Line<AtomicU64>,
     /// Consumer's committed position. Written only by the consumer.
     committed: Line<AtomicU64>,
@@ -156,8 +198,8 @@ pub struct EdgeControl {
     data_wait: Line<WaitPoint>,
     /// The producer sleeps here waiting for space.
     space_wait: Line<WaitPoint>,
-    /// Who holds each role.
-    owners: Line<Owners>,
+    /// Who holds each role, and whether the log is sealed.
+    roles: Line<Roles>,
 }
 
 #[cfg(not(loom))]
@@ -169,18 +211,20 @@ const _: () = {
     assert!(offset_of!(EdgeControl, committed) == 256);
     assert!(offset_of!(EdgeControl, data_wait) == 384);
     assert!(offset_of!(EdgeControl, space_wait) == 512);
-    assert!(offset_of!(EdgeControl, owners) == 640);
+    assert!(offset_of!(EdgeControl, roles) == 640);
+    assert!(offset_of!(Roles, sealed) == 16);
 };
 
 impl EdgeControl {
     /// A control block on the heap with both positions at `start` (for
     /// models and tests; segments are initialised with `init_in_place`).
+    /// The ring it goes with must be zeroed.
     ///
     /// # Panics
-    /// If `start` is not 8-aligned.
+    /// If `start` is not 8-aligned or not below [`MAX_POSITION`].
     pub fn new(params: EdgeParams, start: u64) -> EdgeControl {
         assert!(
-            start.is_multiple_of(8) && start & CLOSED == 0,
+            start.is_multiple_of(8) && start < MAX_POSITION,
             "start must be 8-aligned"
         );
         EdgeControl {
@@ -189,15 +233,16 @@ impl EdgeControl {
             committed: Line(AtomicU64::new(start)),
             data_wait: Line(WaitPoint::new()),
             space_wait: Line(WaitPoint::new()),
-            owners: Line(Owners {
+            roles: Line(Roles {
                 producer: AtomicU64::new(0),
                 consumer: AtomicU64::new(0),
+                sealed: AtomicU64::new(0),
             }),
         }
     }
 
     /// Initialises a control block in zeroed memory that no other process
-    /// uses yet.
+    /// uses yet (the ring after it must be zeroed too).
     ///
     /// # Safety
     /// `ptr` is valid for writes of `CONTROL_SIZE` bytes, 128-aligned, zeroed,
@@ -205,7 +250,7 @@ impl EdgeControl {
     #[cfg(not(loom))]
     pub unsafe fn init_in_place(ptr: *mut EdgeControl, params: EdgeParams, start: u64) {
         assert!(
-            start.is_multiple_of(8) && start & CLOSED == 0,
+            start.is_multiple_of(8) && start < MAX_POSITION,
             "start must be 8-aligned"
         );
         // SAFETY: the caller guarantees exclusive, valid, aligned memory;
@@ -232,7 +277,9 @@ impl EdgeControl {
 ///
 /// # Safety
 /// `read` and `write` must copy exactly the bytes at `off..off + buf.len()`
-/// of a region of `len()` bytes that stays valid while `self` lives.
+/// of a region of `len()` bytes that stays valid while `self` lives, and
+/// `header(off)` must return the atomic word at `off..off + 8` of the same
+/// region (payload writes change header words they overlap).
 pub unsafe trait RingBytes {
     /// Size of the region in bytes.
     fn len(&self) -> u64;
@@ -241,6 +288,12 @@ pub unsafe trait RingBytes {
     fn is_empty(&self) -> bool {
         self.len() == 0
     }
+
+    /// The 8-byte header word at `off`.
+    ///
+    /// # Safety
+    /// `off` is 8-aligned and `off + 8 <= self.len()`.
+    unsafe fn header(&self, off: u64) -> &AtomicU64;
 
     /// Copies `src` into the region at `off`.
     ///
@@ -303,7 +356,8 @@ impl std::fmt::Display for EdgeError {
 
 impl std::error::Error for EdgeError {}
 
-/// The producer's private state: its tail and a cached committed position.
+/// The producer's private state: its position and a cached committed
+/// position.
 #[derive(Clone, Copy, Debug)]
 pub struct ProducerCursor {
     tail: u64,
@@ -327,16 +381,16 @@ pub struct Reservation {
     pub payload_offset: u64,
     /// Payload length.
     pub len: u64,
+    /// Where a PAD record goes first, if the record wraps.
+    pad_at: Option<u64>,
     next: u64,
 }
 
-/// The consumer's private state: read and committed positions and a cached
-/// tail.
+/// The consumer's private state: read and committed positions.
 #[derive(Clone, Copy, Debug)]
 pub struct ConsumerCursor {
     read: u64,
     committed: u64,
-    tail: u64,
 }
 
 impl ConsumerCursor {
@@ -362,6 +416,14 @@ pub struct RecordAt {
     pub len: u64,
     /// Position after the record: what to commit once it is handled.
     pub next: u64,
+}
+
+/// What a walk over published headers found.
+enum Frontier {
+    /// The first unpublished header word, at this position.
+    Open(u64),
+    /// The END header of a sealed log, at this position.
+    Sealed(u64),
 }
 
 /// An edge log: its control block, its ring bytes and its validated shape.
@@ -396,16 +458,24 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         self.geo
     }
 
-    /// `(tail, committed, sealed)` as currently stored (diagnostics).
+    /// The header word of the record at `position`.
+    fn header_at(&self, position: u64) -> &'a AtomicU64 {
+        // SAFETY: positions are 8-aligned, so the offset is 8-aligned and
+        // below capacity, hence off + 8 <= capacity <= ring.len().
+        unsafe { self.ring.header(self.geo.offset(position)) }
+    }
+
+    /// `(tail, committed, sealed)` as currently stored (diagnostics; the
+    /// tail is the producer's hint).
     pub fn positions(&self) -> (u64, u64, bool) {
         let tail = self.ctrl.tail.0.load(Ordering::Acquire);
         let committed = self.ctrl.committed.0.load(Ordering::Acquire);
-        (tail & !CLOSED, committed, tail & CLOSED != 0)
+        (tail, committed, self.is_sealed())
     }
 
-    /// Whether the log is sealed.
+    /// Whether the log is sealed (or being sealed).
     pub fn is_sealed(&self) -> bool {
-        self.ctrl.tail.0.load(Ordering::Acquire) & CLOSED != 0
+        self.ctrl.roles.0.sealed.load(Ordering::Acquire) != 0
     }
 
     // ----- roles -----
@@ -417,7 +487,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Errors
     /// The identity of the live holder.
     pub fn claim_producer(&self, me: u64, is_dead: impl Fn(u64) -> bool) -> Result<(), u64> {
-        claim(&self.ctrl.owners.0.producer, me, is_dead)?;
+        claim(&self.ctrl.roles.0.producer, me, is_dead)?;
         // A dead predecessor may have been registered as a sleeper.
         self.ctrl.space_wait.0.clear(PRODUCER_WAITER);
         Ok(())
@@ -428,87 +498,131 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Errors
     /// The identity of the live holder.
     pub fn claim_consumer(&self, me: u64, is_dead: impl Fn(u64) -> bool) -> Result<(), u64> {
-        claim(&self.ctrl.owners.0.consumer, me, is_dead)?;
+        claim(&self.ctrl.roles.0.consumer, me, is_dead)?;
         self.ctrl.data_wait.0.clear(CONSUMER_WAITER);
         Ok(())
     }
 
     /// Gives the producer role back (no-op unless `me` holds it).
     pub fn release_producer(&self, me: u64) {
-        let _ = self.ctrl.owners.0.producer.compare_exchange(
-            me,
-            0,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.ctrl
+                .roles
+                .0
+                .producer
+                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Gives the consumer role back (no-op unless `me` holds it).
     pub fn release_consumer(&self, me: u64) {
-        let _ = self.ctrl.owners.0.consumer.compare_exchange(
-            me,
-            0,
-            Ordering::AcqRel,
-            Ordering::Relaxed,
-        );
+        let _ =
+            self.ctrl
+                .roles
+                .0
+                .consumer
+                .compare_exchange(me, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
     /// Current `(producer, consumer)` role holders (0 = none).
     pub fn owners(&self) -> (u64, u64) {
         (
-            self.ctrl.owners.0.producer.load(Ordering::Acquire),
-            self.ctrl.owners.0.consumer.load(Ordering::Acquire),
+            self.ctrl.roles.0.producer.load(Ordering::Acquire),
+            self.ctrl.roles.0.consumer.load(Ordering::Acquire),
         )
+    }
+
+    // ----- walking published records -----
+
+    fn load_committed(&self) -> Result<u64, EdgeError> {
+        let committed = self.ctrl.committed.0.load(Ordering::Acquire);
+        if !committed.is_multiple_of(8) || committed >= MAX_POSITION {
+            return Err(EdgeError::Corrupt("committed position out of range"));
+        }
+        Ok(committed)
+    }
+
+    /// Size of the record whose header is `header` at `position`, checked
+    /// to lie inside the ring and inside `limit` (exclusive end).
+    fn span(&self, position: u64, header: Header, limit: u64) -> Result<u64, EdgeError> {
+        let off = self.geo.offset(position);
+        let size = match header {
+            Header::Data(len) => {
+                let framed = Geometry::framed(len);
+                if len > self.geo.max_payload || off + framed > self.geo.capacity {
+                    return Err(EdgeError::Corrupt("record length out of range"));
+                }
+                framed
+            }
+            Header::Pad(len) => {
+                let to_end = self.geo.capacity - off;
+                if len + RECORD_HEADER != to_end {
+                    return Err(EdgeError::Corrupt("bad padding record"));
+                }
+                to_end
+            }
+            Header::Empty | Header::End => return Ok(0),
+        };
+        if position + size > limit {
+            return Err(EdgeError::Corrupt("record runs past the writable ring"));
+        }
+        Ok(size)
+    }
+
+    /// Walks published headers from `from` to the first unpublished or END
+    /// header. Bounded by the ring: a cycle in scribbled headers is Corrupt.
+    fn frontier(&self, from: u64) -> Result<Frontier, EdgeError> {
+        let limit = from + self.geo.capacity;
+        let mut at = from;
+        loop {
+            if at + RECORD_HEADER > limit {
+                return Err(EdgeError::Corrupt(
+                    "no free header within a ring of the commit",
+                ));
+            }
+            let header = decode(self.header_at(at).load(Ordering::Acquire))?;
+            match header {
+                Header::Empty => return Ok(Frontier::Open(at)),
+                Header::End => return Ok(Frontier::Sealed(at)),
+                _ => at += self.span(at, header, limit)?,
+            }
+        }
     }
 
     // ----- producer -----
 
-    /// The producer's starting state: the stored tail.
+    /// The producer's starting state: the first unpublished position after
+    /// the committed one (a dead predecessor's half-written record there is
+    /// overwritten).
     ///
     /// # Errors
-    /// `Sealed`, or `Corrupt` if the stored positions are inconsistent.
+    /// `Sealed`, or `Corrupt` if the published headers are inconsistent.
     pub fn producer_cursor(&self) -> Result<ProducerCursor, EdgeError> {
-        // Acquire pairs with the previous producer's publish CAS (a producer
-        // taking over from a dead one continues after its last record).
-        let raw = self.ctrl.tail.0.load(Ordering::Acquire);
-        if raw & CLOSED != 0 {
-            return Err(EdgeError::Sealed);
-        }
-        let committed = self.ctrl.committed.0.load(Ordering::Acquire);
-        self.check_span(raw, committed)?;
-        Ok(ProducerCursor {
-            tail: raw,
-            committed,
-        })
-    }
-
-    fn check_span(&self, tail: u64, committed: u64) -> Result<(), EdgeError> {
-        if !tail.is_multiple_of(8) || !committed.is_multiple_of(8) {
-            return Err(EdgeError::Corrupt("unaligned position"));
-        }
-        match tail.checked_sub(committed) {
-            Some(used) if used <= self.geo.capacity => Ok(()),
-            _ => Err(EdgeError::Corrupt("committed position outside the ring")),
+        let committed = self.load_committed()?;
+        match self.frontier(committed)? {
+            Frontier::Open(tail) => Ok(ProducerCursor { tail, committed }),
+            Frontier::Sealed(_) => Err(EdgeError::Sealed),
         }
     }
 
-    /// Bytes a record of `len` needs at `tail`, padding included.
+    /// Bytes a record of `len` needs at `tail`: padding, the record, and
+    /// the next header word (zeroed before publishing).
     fn needed(&self, tail: u64, len: u64) -> u64 {
         let framed = Geometry::framed(len);
-        let to_end = self.geo.capacity - (tail & self.geo.mask());
-        if framed <= to_end {
-            framed
-        } else {
-            to_end + framed
-        }
+        let to_end = self.geo.capacity - self.geo.offset(tail);
+        RECORD_HEADER
+            + if framed <= to_end {
+                framed
+            } else {
+                to_end + framed
+            }
     }
 
-    /// Reserves room for a record of `len` bytes and writes its framing.
-    /// Nothing is visible until [`Edge::publish`].
+    /// Reserves room for a record of `len` bytes. Nothing is visible until
+    /// [`Edge::publish`].
     ///
     /// # Errors
-    /// `TooLarge`, `Full`, or `Corrupt` if the committed position read from
-    /// the segment is inconsistent.
+    /// `TooLarge`, `Full`, `Sealed`, or `Corrupt` if the committed position
+    /// read from the segment is inconsistent.
     pub fn try_reserve(
         &self,
         cur: &mut ProducerCursor,
@@ -524,10 +638,11 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         if cur.tail - cur.committed + need > self.geo.capacity {
             // Acquire pairs with the consumer's Release store in `commit`:
             // its reads of the bytes we are about to overwrite are done.
-            let committed = self.ctrl.committed.0.load(Ordering::Acquire);
-            self.check_span(cur.tail, committed)?;
-            if committed < cur.committed {
-                return Err(EdgeError::Corrupt("committed position moved backwards"));
+            let committed = self.load_committed()?;
+            if committed < cur.committed || committed > cur.tail {
+                return Err(EdgeError::Corrupt(
+                    "committed position outside the written range",
+                ));
             }
             cur.committed = committed;
             if cur.tail - committed + need > self.geo.capacity {
@@ -540,36 +655,20 @@ impl<'a, M: RingBytes> Edge<'a, M> {
                 });
             }
         }
-        let mut start = cur.tail;
-        let off = start & self.geo.mask();
-        let to_end = self.geo.capacity - off;
+        let to_end = self.geo.capacity - self.geo.offset(cur.tail);
         let framed = Geometry::framed(len);
-        if framed > to_end {
-            // SAFETY: off + 8 <= capacity (both 8-aligned, off < capacity);
-            // the bytes are free (below committed + capacity) and only the
-            // producer writes free bytes.
-            unsafe { self.write_header(off, (to_end - RECORD_HEADER) as u32, KIND_PAD) };
-            start += to_end;
-        }
-        let off = start & self.geo.mask();
-        // SAFETY: as above; the record fits before the end of the ring.
-        unsafe { self.write_header(off, len as u32, KIND_DATA) };
+        let (pad_at, position) = if framed <= to_end {
+            (None, cur.tail)
+        } else {
+            (Some(cur.tail), cur.tail + to_end)
+        };
         Ok(Reservation {
-            position: start,
-            payload_offset: off + RECORD_HEADER,
+            position,
+            payload_offset: self.geo.offset(position) + RECORD_HEADER,
             len,
-            next: start + framed,
+            pad_at,
+            next: position + framed,
         })
-    }
-
-    /// # Safety
-    /// `off + 8 <= capacity` and the bytes are the producer's to write.
-    unsafe fn write_header(&self, off: u64, len: u32, kind: u32) {
-        let mut header = [0u8; 8];
-        header[..4].copy_from_slice(&len.to_le_bytes());
-        header[4..].copy_from_slice(&kind.to_le_bytes());
-        // SAFETY: forwarded from the caller.
-        unsafe { self.ring.write(off, &header) };
     }
 
     /// Copies `payload` into a reservation.
@@ -582,9 +681,34 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             res.len,
             "payload length differs from the reservation"
         );
-        // SAFETY: the reservation lies inside the ring and belongs to the
-        // producer until published.
+        // SAFETY: the reservation lies inside the ring, in space below
+        // committed + capacity that the consumer does not read until the
+        // header is published.
         unsafe { self.ring.write(res.payload_offset, payload) };
+    }
+
+    /// Publishes the header word at `position` by CAS from 0.
+    fn publish_header(&self, position: u64, word: u64) -> Result<(), EdgeError> {
+        let header = self.header_at(position);
+        if mutant::active(Mutant::EdgePublishPlainStore) {
+            header.store(word, Ordering::Release);
+            return Ok(());
+        }
+        // Release pairs with the consumer's Acquire load of this header in
+        // `try_next`: the payload and the zeroed next header written before
+        // are visible to it. The CAS (not a store) fails if a sealer wrote
+        // END here first. SeqCst (no dearer than Release on x86-64, a
+        // locked instruction either way) lets `wake_consumer` skip a fence.
+        let publish = order(
+            Ordering::SeqCst,
+            Mutant::EdgePublishRelaxed,
+            Ordering::Relaxed,
+        );
+        match header.compare_exchange(0, word, publish, Ordering::Acquire) {
+            Ok(_) => Ok(()),
+            Err(found) if decode(found) == Ok(Header::End) => Err(EdgeError::Sealed),
+            Err(_) => Err(EdgeError::Corrupt("header changed under the producer")),
+        }
     }
 
     /// Makes a reserved record visible and returns its position. Does not
@@ -592,41 +716,37 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     ///
     /// # Errors
     /// `Sealed` if the log was sealed since the reservation (the record is
-    /// dropped), `Corrupt` if someone else moved `tail`.
+    /// dropped), `Corrupt` if someone else wrote the header.
     pub fn publish(&self, cur: &mut ProducerCursor, res: Reservation) -> Result<u64, EdgeError> {
         debug_assert!(res.next > cur.tail);
-        if mutant::active(Mutant::EdgePublishPlainStore) {
-            self.ctrl.tail.0.store(res.next, Ordering::Release);
-            cur.tail = res.next;
-            return Ok(res.position);
+        if self.ctrl.roles.0.sealed.load(Ordering::Relaxed) != 0 {
+            // Not needed for safety (the header CAS fails on END); it stops
+            // a producer from racing a sealer that walks to the frontier.
+            return Err(EdgeError::Sealed);
         }
-        // Release pairs with the consumer's Acquire load of `tail` in
-        // `try_next`: the framing and payload written before are visible to
-        // it. The CAS (not a store) fails if a sealer set CLOSED.
-        let publish = order(
-            Ordering::Release,
-            Mutant::EdgePublishRelaxed,
-            Ordering::Relaxed,
-        );
-        match self
-            .ctrl
-            .tail
-            .0
-            .compare_exchange(cur.tail, res.next, publish, Ordering::Relaxed)
-        {
-            Ok(_) => {
-                cur.tail = res.next;
-                Ok(res.position)
-            }
-            Err(actual) if actual & CLOSED != 0 => Err(EdgeError::Sealed),
-            Err(_) => Err(EdgeError::Corrupt("tail moved under the producer")),
+        // The next record's header must read "nothing yet" before this one
+        // is visible; the bytes there may be an older lap's.
+        if !mutant::active(Mutant::EdgeSkipZeroNext) {
+            self.header_at(res.next).store(0, Ordering::Relaxed);
         }
+        if let Some(pad_at) = res.pad_at {
+            // Make the wrap visible first; the record itself follows.
+            self.header_at(res.position).store(0, Ordering::Relaxed);
+            let pad = header_word(KIND_PAD, res.position - pad_at - RECORD_HEADER);
+            self.publish_header(pad_at, pad)?;
+        }
+        self.publish_header(res.position, header_word(KIND_DATA, res.len))?;
+        cur.tail = res.next;
+        // A hint for observers only; nobody on the data path reads it.
+        self.ctrl.tail.0.store(res.next, Ordering::Relaxed);
+        Ok(res.position)
     }
 
-    /// Wakes the consumer if it sleeps.
+    /// Wakes the consumer if it sleeps; call after [`Edge::publish`] (whose
+    /// SeqCst header CAS this relies on instead of a fence).
     #[inline]
     pub fn wake_consumer<F: Futex + ?Sized>(&self, futex: &F) {
-        self.ctrl.data_wait.0.wake(futex);
+        self.ctrl.data_wait.0.wake_after_seqcst_rmw(futex);
     }
 
     /// Sleeps until a record of `len` bytes fits, the log is sealed, or
@@ -657,15 +777,12 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// position.
     ///
     /// # Errors
-    /// `Corrupt` if the stored positions are inconsistent.
+    /// `Corrupt` if the stored position is out of range.
     pub fn consumer_cursor(&self) -> Result<ConsumerCursor, EdgeError> {
-        let committed = self.ctrl.committed.0.load(Ordering::Acquire);
-        let tail = self.ctrl.tail.0.load(Ordering::Acquire) & !CLOSED;
-        self.check_span(tail, committed)?;
+        let committed = self.load_committed()?;
         Ok(ConsumerCursor {
             read: committed,
             committed,
-            tail: committed,
         })
     }
 
@@ -673,67 +790,38 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     ///
     /// # Errors
     /// `Sealed` once the log is sealed and everything was read; `Corrupt`
-    /// when a value read from the segment is out of range.
+    /// when a header read from the segment is out of range.
+    #[inline]
     pub fn try_next(&self, cur: &mut ConsumerCursor) -> Result<Option<RecordAt>, EdgeError> {
+        // The producer writes nothing at or past committed + capacity.
+        let limit = cur.committed + self.geo.capacity;
         loop {
-            if cur.read == cur.tail {
-                // Acquire pairs with the Release publish CAS in `publish`:
-                // records below the loaded tail are fully written.
-                let load = order(
-                    Ordering::Acquire,
-                    Mutant::EdgeTailLoadRelaxed,
-                    Ordering::Relaxed,
-                );
-                let raw = self.ctrl.tail.0.load(load);
-                let tail = raw & !CLOSED;
-                if tail < cur.read {
-                    return Err(EdgeError::Corrupt("tail behind the read position"));
-                }
-                self.check_span(tail, cur.committed)?;
-                cur.tail = tail;
-                if tail == cur.read {
-                    return if raw & CLOSED != 0 {
-                        Err(EdgeError::Sealed)
-                    } else {
-                        Ok(None)
-                    };
-                }
+            if cur.read + RECORD_HEADER > limit {
+                return Err(EdgeError::Corrupt("read past the writable ring"));
             }
-            let off = cur.read & self.geo.mask();
-            let mut header = [0u8; 8];
-            // SAFETY: off is 8-aligned and below capacity, so off + 8 fits;
-            // the bytes are published and the producer leaves them alone
-            // until we commit past them.
-            unsafe { self.ring.read(off, &mut header) };
-            let len = u64::from(u32::from_le_bytes(header[..4].try_into().unwrap()));
-            let kind = u32::from_le_bytes(header[4..].try_into().unwrap());
-            let avail = cur.tail - cur.read;
-            match kind {
-                KIND_PAD => {
-                    let to_end = self.geo.capacity - off;
-                    if len + RECORD_HEADER != to_end || to_end > avail {
-                        return Err(EdgeError::Corrupt("bad padding record"));
-                    }
-                    cur.read += to_end;
-                }
-                KIND_DATA => {
-                    let framed = Geometry::framed(len);
-                    if len > self.geo.max_payload
-                        || off + framed > self.geo.capacity
-                        || framed > avail
-                    {
-                        return Err(EdgeError::Corrupt("record length out of range"));
-                    }
+            // Acquire pairs with the Release publish CAS: the payload of a
+            // published record is fully written.
+            let load = order(
+                Ordering::Acquire,
+                Mutant::EdgeHeaderLoadRelaxed,
+                Ordering::Relaxed,
+            );
+            let header = decode(self.header_at(cur.read).load(load))?;
+            let size = self.span(cur.read, header, limit)?;
+            match header {
+                Header::Empty => return Ok(None),
+                Header::End => return Err(EdgeError::Sealed),
+                Header::Pad(_) => cur.read += size,
+                Header::Data(len) => {
                     let record = RecordAt {
                         position: cur.read,
-                        payload_offset: off + RECORD_HEADER,
+                        payload_offset: self.geo.offset(cur.read) + RECORD_HEADER,
                         len,
-                        next: cur.read + framed,
+                        next: cur.read + size,
                     };
                     cur.read = record.next;
                     return Ok(Some(record));
                 }
-                _ => return Err(EdgeError::Corrupt("unknown record kind")),
             }
         }
     }
@@ -790,25 +878,21 @@ impl<'a, M: RingBytes> Edge<'a, M> {
 
     /// Whether walking records from `from` reaches `pos` exactly.
     fn is_boundary(&self, from: u64, pos: u64) -> bool {
+        let limit = from + self.geo.capacity;
         let mut at = from;
         while at < pos {
-            let off = at & self.geo.mask();
-            let mut header = [0u8; 8];
-            // SAFETY: off + 8 <= capacity; the bytes between committed and
-            // the read position were validated by try_next and are ours.
-            unsafe { self.ring.read(off, &mut header) };
-            let len = u64::from(u32::from_le_bytes(header[..4].try_into().unwrap()));
-            let kind = u32::from_le_bytes(header[4..].try_into().unwrap());
-            at += if kind == KIND_PAD {
-                self.geo.capacity - off
-            } else {
-                Geometry::framed(len)
+            let Ok(header) = decode(self.header_at(at).load(Ordering::Acquire)) else {
+                return false;
             };
+            match self.span(at, header, limit) {
+                Ok(size) if size > 0 => at += size,
+                _ => return false,
+            }
         }
         at == pos
     }
 
-    /// Sleeps until a record is published after `cur`'s read position, the
+    /// Sleeps until a record is published at `cur`'s read position, the
     /// log is sealed, or `deadline` passes. Returns false on timeout.
     pub fn wait_for_data<F: Futex + ?Sized>(
         &self,
@@ -817,11 +901,12 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         spins: u32,
         deadline: Option<Instant>,
     ) -> bool {
+        let header = self.header_at(cur.read);
         self.ctrl
             .data_wait
             .0
             .wait_until(futex, CONSUMER_WAITER, spins, deadline, || {
-                self.ctrl.tail.0.load(Ordering::Relaxed) != cur.read
+                header.load(Ordering::Relaxed) != 0
             })
     }
 
@@ -833,14 +918,38 @@ impl<'a, M: RingBytes> Edge<'a, M> {
 
     // ----- sealing -----
 
-    /// Seals the log: every later publish fails with `Sealed`; a consumer
-    /// reads what was published, then gets `Sealed`. Wakes both sides.
-    pub fn seal<F: Futex + ?Sized>(&self, futex: &F) {
-        // AcqRel: ordered after whatever the sealer did before, and a
-        // publish that wins its CAS first is seen by the sealer's copy.
-        self.ctrl.tail.0.fetch_or(CLOSED, Ordering::AcqRel);
+    /// Seals the log: writes END into the first unpublished header, so
+    /// every later publish fails with `Sealed` and a consumer reads what
+    /// was published, then gets `Sealed`. Wakes both sides. Returns the
+    /// position of END: everything published lies before it.
+    ///
+    /// # Errors
+    /// `Corrupt` if the published headers are inconsistent.
+    pub fn seal<F: Futex + ?Sized>(&self, futex: &F) -> Result<u64, EdgeError> {
+        self.ctrl.roles.0.sealed.store(1, Ordering::Release);
+        let mut from = self.load_committed()?;
+        let end = loop {
+            match self.frontier(from)? {
+                Frontier::Sealed(at) => break at,
+                Frontier::Open(at) => {
+                    // AcqRel: a failure means the producer published here
+                    // first; Acquire then shows the next header it zeroed.
+                    let end = header_word(KIND_END, 0);
+                    match self.header_at(at).compare_exchange(
+                        0,
+                        end,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    ) {
+                        Ok(_) => break at,
+                        Err(_) => from = at,
+                    }
+                }
+            }
+        };
         self.ctrl.data_wait.0.notify(futex);
         self.ctrl.space_wait.0.notify(futex);
+        Ok(end)
     }
 }
 
@@ -913,14 +1022,15 @@ mod tests {
 
     #[test]
     fn full_until_commit_and_reopen_resumes_at_commit() {
+        // 64-byte ring, 16-byte framed records, 8 bytes kept for the next
+        // header: three fit.
         let heap = HeapEdge::new(64, 0);
         let edge = heap.edge();
         let mut p = edge.producer_cursor().unwrap();
         push(&edge, &mut p, &[1; 8]).unwrap();
         push(&edge, &mut p, &[2; 8]).unwrap();
         push(&edge, &mut p, &[3; 8]).unwrap();
-        push(&edge, &mut p, &[4; 8]).unwrap();
-        assert_eq!(push(&edge, &mut p, &[5; 8]), Err(EdgeError::Full));
+        assert_eq!(push(&edge, &mut p, &[4; 8]), Err(EdgeError::Full));
         let mut c = edge.consumer_cursor().unwrap();
         let (_, first) = pop(&edge, &mut c).unwrap().unwrap();
         let (_, second) = pop(&edge, &mut c).unwrap().unwrap();
@@ -931,8 +1041,11 @@ mod tests {
             pop(&edge, &mut again).unwrap().unwrap(),
             (vec![2; 8], second)
         );
-        push(&edge, &mut p, &[5; 8]).unwrap();
-        assert_eq!(push(&edge, &mut p, &[6; 8]), Err(EdgeError::Full));
+        push(&edge, &mut p, &[4; 8]).unwrap();
+        assert_eq!(push(&edge, &mut p, &[5; 8]), Err(EdgeError::Full));
+        // A producer that takes over finds the frontier after record 4.
+        let resumed = edge.producer_cursor().unwrap();
+        assert_eq!(resumed.position(), p.position());
     }
 
     #[test]
@@ -981,7 +1094,7 @@ mod tests {
         push(&edge, &mut p, b"kept").unwrap();
         let res = edge.try_reserve(&mut p, 4).unwrap();
         edge.fill(&res, b"lost");
-        edge.seal(&NoFutex);
+        edge.seal(&NoFutex).unwrap();
         assert_eq!(edge.publish(&mut p, res), Err(EdgeError::Sealed));
         assert_eq!(edge.producer_cursor().unwrap_err(), EdgeError::Sealed);
         let mut c = edge.consumer_cursor().unwrap();

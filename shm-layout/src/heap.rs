@@ -5,12 +5,19 @@
 //! cells; the algorithm code they run is the production code.
 
 use crate::edge::{Edge, EdgeControl, EdgeParams, RingBytes};
-use crate::sync::UnsafeCell;
+use crate::sync::{AtomicU64, Ordering, UnsafeCell};
 
-/// Ring bytes on the heap, one tracked cell per byte (under loom every
-/// access is checked for races).
+/// Ring bytes on the heap: one tracked cell per byte (under loom every
+/// payload access is checked for races) and one atomic per 8-byte word for
+/// header words.
+///
+/// Loom cannot mix atomic and plain access to the same bytes, so the two
+/// views are kept apart; a payload write also stores the words it covers
+/// into the atomic view (Relaxed), as the same bytes would read in a real
+/// segment, so a stale word left by an older lap looks like one.
 pub struct HeapRing {
     bytes: Box<[UnsafeCell<u8>]>,
+    words: Box<[AtomicU64]>,
 }
 
 // SAFETY: concurrent access is governed by the algorithm's protocol, which
@@ -20,19 +27,25 @@ unsafe impl Sync for HeapRing {}
 unsafe impl Send for HeapRing {}
 
 impl HeapRing {
-    /// `len` zero bytes.
+    /// `len` zero bytes (`len` a multiple of 8).
     pub fn new(len: usize) -> HeapRing {
+        assert!(len.is_multiple_of(8));
         HeapRing {
             bytes: (0..len).map(|_| UnsafeCell::new(0)).collect(),
+            words: (0..len / 8).map(|_| AtomicU64::new(0)).collect(),
         }
     }
 }
 
 // SAFETY: reads and writes touch exactly `off..off + n`, bounds-checked by
-// slice indexing.
+// slice indexing; `header` returns the word at `off`.
 unsafe impl RingBytes for HeapRing {
     fn len(&self) -> u64 {
         self.bytes.len() as u64
+    }
+
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        &self.words[off as usize / 8]
     }
 
     unsafe fn write(&self, off: u64, src: &[u8]) {
@@ -40,6 +53,15 @@ unsafe impl RingBytes for HeapRing {
         for (cell, byte) in cells.iter().zip(src) {
             // SAFETY: the caller guarantees no concurrent access.
             cell.with_mut(|p| unsafe { *p = *byte });
+        }
+        // Mirror whole words into the atomic view (payloads start 8-aligned;
+        // a partial last word is completed with zero padding).
+        if off.is_multiple_of(8) {
+            for (i, chunk) in src.chunks(8).enumerate() {
+                let mut word = [0u8; 8];
+                word[..chunk.len()].copy_from_slice(chunk);
+                self.words[off as usize / 8 + i].store(u64::from_le_bytes(word), Ordering::Relaxed);
+            }
         }
     }
 

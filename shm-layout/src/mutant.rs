@@ -12,13 +12,18 @@
 pub enum Mutant {
     /// No mutation: the algorithm as written.
     None = 0,
-    /// The edge log publishes `tail` with `Relaxed` instead of `Release`.
+    /// The edge log publishes a record header with `Relaxed` instead of
+    /// `Release`.
     EdgePublishRelaxed,
-    /// The edge log consumer loads `tail` with `Relaxed` instead of `Acquire`.
-    EdgeTailLoadRelaxed,
+    /// The edge log consumer loads record headers with `Relaxed` instead of
+    /// `Acquire`.
+    EdgeHeaderLoadRelaxed,
+    /// The producer does not zero the next record's header before
+    /// publishing (an older lap's bytes there then look like a record).
+    EdgeSkipZeroNext,
     /// The edge log consumer commits with `Relaxed` instead of `Release`.
     EdgeCommitRelaxed,
-    /// The producer publishes with a plain store that wipes the CLOSED bit.
+    /// The producer publishes with a plain store, overwriting a seal's END.
     EdgePublishPlainStore,
     /// A sleeper skips the `fence(SeqCst)` between registering and re-checking.
     WaitSkipSleeperFence,

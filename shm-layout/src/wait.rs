@@ -136,6 +136,25 @@ impl WaitPoint {
         }
     }
 
+    /// Like [`WaitPoint::wake`], for a caller whose publication was a
+    /// `SeqCst` read-modify-write (the edge log's header CAS): then a
+    /// `SeqCst` load of `waiters` completes the pattern without a fence (in
+    /// C++20 terms, the sleeper's fence (A) either precedes this load in
+    /// the single total order S, so the load sees the registration, or
+    /// follows the SeqCst publication in S, so the sleeper's re-check sees
+    /// it). On x86-64 that makes an uncontended publish fence-free. Loom
+    /// models `SeqCst` accesses only as `AcqRel`, so under loom this is the
+    /// fenced `wake`, which its models check.
+    #[inline]
+    pub fn wake_after_seqcst_rmw<F: Futex + ?Sized>(&self, futex: &F) {
+        #[cfg(loom)]
+        self.wake(futex);
+        #[cfg(not(loom))]
+        if self.waiters.load(Ordering::SeqCst) != 0 {
+            self.notify(futex);
+        }
+    }
+
     /// Bumps the sequence and wakes every sleeper, registered or not. Used
     /// for rare changes (seal, repair, expiry) and by `wake`.
     pub fn notify<F: Futex + ?Sized>(&self, futex: &F) {

@@ -42,9 +42,9 @@ fn relaxed_publish_tears_records() {
 }
 
 #[test]
-fn relaxed_tail_load_tears_records() {
+fn relaxed_header_load_tears_records() {
     must_fail(
-        Mutant::EdgeTailLoadRelaxed,
+        Mutant::EdgeHeaderLoadRelaxed,
         models::edge_wraparound,
         "Causality violation",
     );
@@ -54,8 +54,17 @@ fn relaxed_tail_load_tears_records() {
 fn relaxed_commit_lets_the_producer_overwrite_unread_bytes() {
     must_fail(
         Mutant::EdgeCommitRelaxed,
-        models::edge_commit_reopen,
+        models::edge_wraparound,
         "Causality violation",
+    );
+}
+
+#[test]
+fn unzeroed_next_header_reads_a_stale_record() {
+    must_fail(
+        Mutant::EdgeSkipZeroNext,
+        models::edge_wraparound,
+        "phantom record",
     );
 }
 

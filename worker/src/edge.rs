@@ -25,6 +25,7 @@
 //! blocking, zero-copy loans, borrowing reads and typed records.
 
 use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,15 @@ struct MappedRing {
 unsafe impl RingBytes for MappedRing {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: in bounds per the caller; the ring starts 128-aligned and
+        // `off` is 8-aligned, so the word is aligned; an AtomicU64 is valid
+        // for any bytes, and shared memory is only accessed through atomics
+        // or through bytes the edge protocol assigns to one side.
+        unsafe { &*self.base.as_ptr().add(off as usize).cast::<AtomicU64>() }
     }
 
     unsafe fn write(&self, off: u64, src: &[u8]) {
@@ -158,7 +168,8 @@ impl std::fmt::Debug for EdgeLog {
 /// A snapshot of an edge log's shared positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EdgePositions {
-    /// Position after the last published record.
+    /// Position after the last published record (the producer's hint,
+    /// updated after each publish).
     pub tail: u64,
     /// The consumer's committed position.
     pub committed: u64,
@@ -284,8 +295,12 @@ impl EdgeLog {
 
     /// Seals the log (for relocation): every later publish fails with
     /// `Sealed`; the consumer reads what was published, then gets `Sealed`.
-    pub fn seal(&self) {
-        self.inner.edge().seal(&LinuxFutex);
+    /// Returns the end position: every published record lies before it.
+    ///
+    /// # Errors
+    /// `Edge(Corrupt)` if the published records are inconsistent.
+    pub fn seal(&self) -> Result<u64> {
+        Ok(self.inner.edge().seal(&LinuxFutex)?)
     }
 
     /// Takes the producer role. A role held by a dead process is taken
