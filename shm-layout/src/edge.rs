@@ -14,23 +14,24 @@
 //! record fills the rest and the record starts at offset 0. Framed records
 //! are at most `capacity / 2` bytes, so an empty ring has room for one.
 //!
-//! **Publication** (as in Aeron, the header is the commit of a record): the
-//! producer writes the payload, stores 0 into the header word of the *next*
-//! record position, then publishes with `compare_exchange(0, header)`
-//! (Release). The consumer acquires the header word at its read position:
-//! 0 means "nothing yet". It never reads a word the producer writes per
-//! record other than the record itself, so the two sides share only the
-//! cache lines the data needs.
+//! **Claim and publication.** The producer claims space by
+//! `compare_exchange` on `tail` (fails once a sealer set CLOSED, bit 63),
+//! having zeroed the header word of the record *after* the claim (an older
+//! lap's bytes may be there). It then writes the payload and publishes with
+//! `compare_exchange(0, header)` on the record's header word, as Aeron
+//! does. The consumer acquires the header word at its read position (0
+//! means "nothing yet") and never reads `tail`, so the two sides share only
+//! the cache lines the data needs; `tail` stays on the producer's core.
 //!
-//! **Sealing** writes an END header into the first unpublished header word
-//! by the same CAS from 0, so a producer's later publish there fails and no
-//! record can appear after a seal; nothing is ever visible half-written.
+//! **Sealing** sets CLOSED (no claim can follow), turns a claimed but
+//! unpublished record into a TOMB (its producer's publish CAS then fails:
+//! an error, never a silent loss) and writes END at the claimed end. A
+//! consumer reads what was published, skips tombs, then gets `Sealed`.
 //!
-//! A producer killed before its CAS leaves that header 0: its successor
-//! finds the frontier by walking the published headers from `committed`
-//! and overwrites the half-written bytes. Everything the consumer reads from
-//! the ring (headers, lengths) is bounds-checked: a scribbled segment yields
-//! [`EdgeError::Corrupt`].
+//! A producer killed between claim and publish leaves a header of 0 below
+//! `tail`; its successor tombs that hole before it continues. Everything the
+//! consumer reads from the ring (headers, lengths) is bounds-checked: a
+//! scribbled segment yields [`EdgeError::Corrupt`].
 
 use std::time::Instant;
 
@@ -49,12 +50,15 @@ pub const MIN_CAPACITY: u64 = 64;
 pub const MAX_CAPACITY: u64 = 1 << 40;
 /// Size of [`EdgeControl`] in a segment; the ring follows it.
 pub const CONTROL_SIZE: u64 = 768;
-/// Positions stay below this (bit 63 is never set).
+/// Positions stay below this.
 pub const MAX_POSITION: u64 = 1 << 62;
+/// Bit 63 of `tail`: the log is sealed; claims fail.
+pub const CLOSED: u64 = 1 << 63;
 
 const KIND_DATA: u64 = 0x4154_4144; // "DATA"
 const KIND_PAD: u64 = 0x2044_4150; // "PAD "
 const KIND_END: u64 = 0x2044_4E45; // "END "
+const KIND_TOMB: u64 = 0x424D_4F54; // "TOMB"
 
 /// The consumer's registration bit on `data_wait`.
 pub const CONSUMER_WAITER: Waiter = Waiter::slot(0);
@@ -146,6 +150,9 @@ enum Header {
     Data(u64),
     /// Filler up to the end of the ring.
     Pad(u64),
+    /// A claim that was never published (dead producer, or sealed before
+    /// its publish): `len + 8` bytes to skip, possibly across the ring's end.
+    Tomb(u64),
     /// The log was sealed here.
     End,
 }
@@ -160,6 +167,7 @@ fn decode(word: u64) -> Result<Header, EdgeError> {
         0 if len == 0 => Ok(Header::Empty),
         KIND_DATA => Ok(Header::Data(len)),
         KIND_PAD => Ok(Header::Pad(len)),
+        KIND_TOMB => Ok(Header::Tomb(len)),
         KIND_END if len == 0 => Ok(Header::End),
         _ => Err(EdgeError::Corrupt("unknown record header")),
     }
@@ -172,13 +180,12 @@ fn decode(word: u64) -> Result<Header, EdgeError> {
 #[derive(Debug)]
 struct Line<T>(T);
 
-/// Rarely written words: role owners and the sealed flag.
+/// The role owners (rarely written).
 #[repr(C)]
 #[derive(Debug)]
 struct Roles {
     producer: AtomicU64,
     consumer: AtomicU64,
-    sealed: AtomicU64,
 }
 
 /// The control block at the start of an edge log's body (768 bytes; see
@@ -188,9 +195,9 @@ struct Roles {
 pub struct EdgeControl {
     /// Immutable parameters.
     params: EdgeParams,
-    /// Position after the last record published, stored by the producer
-    /// after each publish: a hint for observers, never read on the data
-    /// path (the headers are the truth).
+    /// End of the producer's last claim (bits 0..63) | CLOSED (bit 63).
+    /// Written by the producer (claim CAS) and a sealer (`fetch_or`); the
+    /// consumer never reads it.
     tail: Line<AtomicU64>,
     /// Consumer's committed position. Written only by the consumer.
     committed: Line<AtomicU64>,
@@ -198,7 +205,7 @@ pub struct EdgeControl {
     data_wait: Line<WaitPoint>,
     /// The producer sleeps here waiting for space.
     space_wait: Line<WaitPoint>,
-    /// Who holds each role, and whether the log is sealed.
+    /// Who holds each role.
     roles: Line<Roles>,
 }
 
@@ -212,7 +219,6 @@ const _: () = {
     assert!(offset_of!(EdgeControl, data_wait) == 384);
     assert!(offset_of!(EdgeControl, space_wait) == 512);
     assert!(offset_of!(EdgeControl, roles) == 640);
-    assert!(offset_of!(Roles, sealed) == 16);
 };
 
 impl EdgeControl {
@@ -236,7 +242,6 @@ impl EdgeControl {
             roles: Line(Roles {
                 producer: AtomicU64::new(0),
                 consumer: AtomicU64::new(0),
-                sealed: AtomicU64::new(0),
             }),
         }
     }
@@ -371,19 +376,39 @@ impl ProducerCursor {
     }
 }
 
-/// Space reserved for one record, not yet visible.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Space reserved for one record, not yet visible. Only
+/// [`Edge::try_reserve`] makes one, and [`Edge::publish`] consumes it.
+#[derive(Debug, PartialEq, Eq)]
 #[must_use = "a reservation is invisible until published"]
 pub struct Reservation {
-    /// Position of the record.
-    pub position: u64,
-    /// Ring offset of the payload.
-    pub payload_offset: u64,
-    /// Payload length.
-    pub len: u64,
+    position: u64,
+    payload_offset: u64,
+    len: u64,
     /// Where a PAD record goes first, if the record wraps.
     pad_at: Option<u64>,
     next: u64,
+}
+
+impl Reservation {
+    /// Position of the record.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Ring offset of the payload (inside the ring; checked on creation).
+    pub fn payload_offset(&self) -> u64 {
+        self.payload_offset
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
 }
 
 /// The consumer's private state: read and committed positions.
@@ -405,25 +430,40 @@ impl ConsumerCursor {
     }
 }
 
-/// A record found by the consumer.
+/// A record found by the consumer. Only [`Edge::try_next`] makes one.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct RecordAt {
-    /// Position of the record.
-    pub position: u64,
-    /// Ring offset of the payload.
-    pub payload_offset: u64,
-    /// Payload length.
-    pub len: u64,
-    /// Position after the record: what to commit once it is handled.
-    pub next: u64,
+    position: u64,
+    payload_offset: u64,
+    len: u64,
+    next: u64,
 }
 
-/// What a walk over published headers found.
-enum Frontier {
-    /// The first unpublished header word, at this position.
-    Open(u64),
-    /// The END header of a sealed log, at this position.
-    Sealed(u64),
+impl RecordAt {
+    /// Position of the record.
+    pub fn position(&self) -> u64 {
+        self.position
+    }
+
+    /// Ring offset of the payload (inside the ring; checked on creation).
+    pub fn payload_offset(&self) -> u64 {
+        self.payload_offset
+    }
+
+    /// Payload length.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Position after the record: what to commit once it is handled.
+    pub fn next(&self) -> u64 {
+        self.next
+    }
 }
 
 /// An edge log: its control block, its ring bytes and its validated shape.
@@ -447,9 +487,12 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// Binds parts whose geometry was validated before (hot path).
     ///
     /// # Panics
-    /// In debug builds, if `geo` does not fit `ring`.
+    /// If `geo` does not fit `ring` (every ring access relies on it).
     pub fn with_geometry(ctrl: &'a EdgeControl, ring: &'a M, geo: Geometry) -> Edge<'a, M> {
-        debug_assert!(geo.capacity <= ring.len());
+        assert!(
+            geo.capacity.is_power_of_two() && geo.capacity <= ring.len(),
+            "geometry does not fit the ring"
+        );
         Edge { ctrl, ring, geo }
     }
 
@@ -465,17 +508,16 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         unsafe { self.ring.header(self.geo.offset(position)) }
     }
 
-    /// `(tail, committed, sealed)` as currently stored (diagnostics; the
-    /// tail is the producer's hint).
+    /// `(tail, committed, sealed)` as currently stored (diagnostics).
     pub fn positions(&self) -> (u64, u64, bool) {
         let tail = self.ctrl.tail.0.load(Ordering::Acquire);
         let committed = self.ctrl.committed.0.load(Ordering::Acquire);
-        (tail, committed, self.is_sealed())
+        (tail & !CLOSED, committed, tail & CLOSED != 0)
     }
 
-    /// Whether the log is sealed (or being sealed).
+    /// Whether the log is sealed.
     pub fn is_sealed(&self) -> bool {
-        self.ctrl.roles.0.sealed.load(Ordering::Acquire) != 0
+        self.ctrl.tail.0.load(Ordering::Acquire) & CLOSED != 0
     }
 
     // ----- roles -----
@@ -560,6 +602,12 @@ impl<'a, M: RingBytes> Edge<'a, M> {
                 }
                 to_end
             }
+            Header::Tomb(len) => {
+                if !len.is_multiple_of(8) {
+                    return Err(EdgeError::Corrupt("bad tomb record"));
+                }
+                len + RECORD_HEADER
+            }
             Header::Empty | Header::End => return Ok(0),
         };
         if position + size > limit {
@@ -568,44 +616,70 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         Ok(size)
     }
 
-    /// Walks published headers from `from` to the first unpublished or END
-    /// header. Bounded by the ring: a cycle in scribbled headers is Corrupt.
-    fn frontier(&self, from: u64) -> Result<Frontier, EdgeError> {
-        let limit = from + self.geo.capacity;
+    /// Loads `tail`, checking it against `committed`.
+    fn load_tail(&self, committed: u64) -> Result<(u64, bool), EdgeError> {
+        let raw = self.ctrl.tail.0.load(Ordering::Acquire);
+        let tail = raw & !CLOSED;
+        if !tail.is_multiple_of(8) || tail < committed || tail - committed > self.geo.capacity {
+            return Err(EdgeError::Corrupt("tail outside the ring"));
+        }
+        Ok((tail, raw & CLOSED != 0))
+    }
+
+    /// Walks the records from `from` to `until`, turning every claimed but
+    /// unpublished record into a TOMB reaching `until`. Returns where END
+    /// was found, if it was.
+    ///
+    /// Safe against a live producer only once `until` is fixed (the log is
+    /// sealed, or the caller holds the producer role): no claim can then
+    /// reach into `from..until`, so only headers are read and written.
+    fn tomb_holes(&self, from: u64, until: u64) -> Result<Option<u64>, EdgeError> {
         let mut at = from;
-        loop {
-            if at + RECORD_HEADER > limit {
-                return Err(EdgeError::Corrupt(
-                    "no free header within a ring of the commit",
-                ));
-            }
+        while at < until {
             let header = decode(self.header_at(at).load(Ordering::Acquire))?;
             match header {
-                Header::Empty => return Ok(Frontier::Open(at)),
-                Header::End => return Ok(Frontier::Sealed(at)),
-                _ => at += self.span(at, header, limit)?,
+                Header::End => return Ok(Some(at)),
+                Header::Empty => {
+                    let tomb = header_word(KIND_TOMB, until - at - RECORD_HEADER);
+                    // On failure the producer published here first: read it.
+                    let _ = self.header_at(at).compare_exchange(
+                        0,
+                        tomb,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                _ => at += self.span(at, header, until)?,
             }
         }
+        if at != until {
+            return Err(EdgeError::Corrupt("records do not end at the tail"));
+        }
+        Ok(None)
     }
 
     // ----- producer -----
 
-    /// The producer's starting state: the first unpublished position after
-    /// the committed one (a dead predecessor's half-written record there is
-    /// overwritten).
+    /// The producer's starting state, after tombing a dead predecessor's
+    /// claimed but unpublished record (the caller holds the producer role).
     ///
     /// # Errors
-    /// `Sealed`, or `Corrupt` if the published headers are inconsistent.
+    /// `Sealed`, or `Corrupt` if the stored positions or headers are
+    /// inconsistent.
     pub fn producer_cursor(&self) -> Result<ProducerCursor, EdgeError> {
         let committed = self.load_committed()?;
-        match self.frontier(committed)? {
-            Frontier::Open(tail) => Ok(ProducerCursor { tail, committed }),
-            Frontier::Sealed(_) => Err(EdgeError::Sealed),
+        let (tail, sealed) = self.load_tail(committed)?;
+        if sealed {
+            return Err(EdgeError::Sealed);
         }
+        if self.tomb_holes(committed, tail)?.is_some() {
+            return Err(EdgeError::Corrupt("END before the tail of an unsealed log"));
+        }
+        Ok(ProducerCursor { tail, committed })
     }
 
     /// Bytes a record of `len` needs at `tail`: padding, the record, and
-    /// the next header word (zeroed before publishing).
+    /// the next header word (zeroed before the claim).
     fn needed(&self, tail: u64, len: u64) -> u64 {
         let framed = Geometry::framed(len);
         let to_end = self.geo.capacity - self.geo.offset(tail);
@@ -617,8 +691,10 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             }
     }
 
-    /// Reserves room for a record of `len` bytes. Nothing is visible until
-    /// [`Edge::publish`].
+    /// Claims room for a record of `len` bytes. Nothing is visible until
+    /// [`Edge::publish`]; a reservation not published must be given back
+    /// with [`Edge::abandon`], or the consumer waits at it until the
+    /// producer role is taken over.
     ///
     /// # Errors
     /// `TooLarge`, `Full`, `Sealed`, or `Corrupt` if the committed position
@@ -662,12 +738,39 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         } else {
             (Some(cur.tail), cur.tail + to_end)
         };
+        let next = position + framed;
+        // The next record's header, and on a wrap the record's own, must
+        // read "nothing yet" before anything after them can be published:
+        // an older lap's bytes may be there.
+        if !mutant::active(Mutant::EdgeSkipZeroNext) {
+            self.header_at(next).store(0, Ordering::Relaxed);
+        }
+        if pad_at.is_some() {
+            self.header_at(position).store(0, Ordering::Relaxed);
+        }
+        // Claim. Release orders the zeroing before it, for a sealer that
+        // writes END at `next` after its Acquire `fetch_or`.
+        let claimed = if mutant::active(Mutant::EdgeClaimPlainStore) {
+            self.ctrl.tail.0.store(next, Ordering::Release);
+            Ok(cur.tail)
+        } else {
+            self.ctrl
+                .tail
+                .0
+                .compare_exchange(cur.tail, next, Ordering::Release, Ordering::Relaxed)
+        };
+        match claimed {
+            Ok(_) => {}
+            Err(actual) if actual & CLOSED != 0 => return Err(EdgeError::Sealed),
+            Err(_) => return Err(EdgeError::Corrupt("tail moved under the producer")),
+        }
+        cur.tail = next;
         Ok(Reservation {
             position,
             payload_offset: self.geo.offset(position) + RECORD_HEADER,
             len,
             pad_at,
-            next: position + framed,
+            next,
         })
     }
 
@@ -681,23 +784,23 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             res.len,
             "payload length differs from the reservation"
         );
-        // SAFETY: the reservation lies inside the ring, in space below
-        // committed + capacity that the consumer does not read until the
-        // header is published.
+        assert!(
+            res.payload_offset + res.len <= self.geo.capacity,
+            "reservation of another ring"
+        );
+        // SAFETY: the reservation lies inside the ring, in space the
+        // producer claimed and the consumer does not read until the header
+        // is published.
         unsafe { self.ring.write(res.payload_offset, payload) };
     }
 
     /// Publishes the header word at `position` by CAS from 0.
     fn publish_header(&self, position: u64, word: u64) -> Result<(), EdgeError> {
         let header = self.header_at(position);
-        if mutant::active(Mutant::EdgePublishPlainStore) {
-            header.store(word, Ordering::Release);
-            return Ok(());
-        }
         // Release pairs with the consumer's Acquire load of this header in
         // `try_next`: the payload and the zeroed next header written before
-        // are visible to it. The CAS (not a store) fails if a sealer wrote
-        // END here first. SeqCst (no dearer than Release on x86-64, a
+        // are visible to it. The CAS (not a store) fails if a sealer tombed
+        // the claim first. SeqCst (no dearer than Release on x86-64, a
         // locked instruction either way) lets `wake_consumer` skip a fence.
         let publish = order(
             Ordering::SeqCst,
@@ -706,7 +809,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         );
         match header.compare_exchange(0, word, publish, Ordering::Acquire) {
             Ok(_) => Ok(()),
-            Err(found) if decode(found) == Ok(Header::End) => Err(EdgeError::Sealed),
+            Err(found) if matches!(decode(found), Ok(Header::Tomb(_))) => Err(EdgeError::Sealed),
             Err(_) => Err(EdgeError::Corrupt("header changed under the producer")),
         }
     }
@@ -717,29 +820,33 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Errors
     /// `Sealed` if the log was sealed since the reservation (the record is
     /// dropped), `Corrupt` if someone else wrote the header.
+    ///
+    /// # Panics
+    /// If `res` is not the cursor's latest reservation.
     pub fn publish(&self, cur: &mut ProducerCursor, res: Reservation) -> Result<u64, EdgeError> {
-        debug_assert!(res.next > cur.tail);
-        if self.ctrl.roles.0.sealed.load(Ordering::Relaxed) != 0 {
-            // Not needed for safety (the header CAS fails on END); it stops
-            // a producer from racing a sealer that walks to the frontier.
-            return Err(EdgeError::Sealed);
-        }
-        // The next record's header must read "nothing yet" before this one
-        // is visible; the bytes there may be an older lap's.
-        if !mutant::active(Mutant::EdgeSkipZeroNext) {
-            self.header_at(res.next).store(0, Ordering::Relaxed);
-        }
+        assert_eq!(res.next, cur.tail, "stale reservation");
         if let Some(pad_at) = res.pad_at {
-            // Make the wrap visible first; the record itself follows.
-            self.header_at(res.position).store(0, Ordering::Relaxed);
             let pad = header_word(KIND_PAD, res.position - pad_at - RECORD_HEADER);
             self.publish_header(pad_at, pad)?;
         }
         self.publish_header(res.position, header_word(KIND_DATA, res.len))?;
-        cur.tail = res.next;
-        // A hint for observers only; nobody on the data path reads it.
-        self.ctrl.tail.0.store(res.next, Ordering::Relaxed);
         Ok(res.position)
+    }
+
+    /// Gives a reservation back unpublished: it becomes a TOMB the consumer
+    /// skips.
+    ///
+    /// # Panics
+    /// If `res` is not the cursor's latest reservation.
+    pub fn abandon(&self, cur: &ProducerCursor, res: Reservation) {
+        assert_eq!(res.next, cur.tail, "stale reservation");
+        let start = res.pad_at.unwrap_or(res.position);
+        let tomb = header_word(KIND_TOMB, res.next - start - RECORD_HEADER);
+        // A sealer may have tombed it already; either way it is a tomb.
+        // SeqCst like a publish, so `wake_consumer` may follow it.
+        let _ =
+            self.header_at(start)
+                .compare_exchange(0, tomb, Ordering::SeqCst, Ordering::Relaxed);
     }
 
     /// Wakes the consumer if it sleeps; call after [`Edge::publish`] (whose
@@ -811,7 +918,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             match header {
                 Header::Empty => return Ok(None),
                 Header::End => return Err(EdgeError::Sealed),
-                Header::Pad(_) => cur.read += size,
+                Header::Pad(_) | Header::Tomb(_) => cur.read += size,
                 Header::Data(len) => {
                     let record = RecordAt {
                         position: cur.read,
@@ -835,6 +942,10 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             dst.len() as u64,
             record.len,
             "buffer length differs from the record"
+        );
+        assert!(
+            record.payload_offset + record.len <= self.geo.capacity,
+            "record of another ring"
         );
         // SAFETY: try_next checked the record lies inside the ring; it is
         // not overwritten before the consumer commits past it.
@@ -926,27 +1037,27 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Errors
     /// `Corrupt` if the published headers are inconsistent.
     pub fn seal<F: Futex + ?Sized>(&self, futex: &F) -> Result<u64, EdgeError> {
-        self.ctrl.roles.0.sealed.store(1, Ordering::Release);
-        let mut from = self.load_committed()?;
-        let end = loop {
-            match self.frontier(from)? {
-                Frontier::Sealed(at) => break at,
-                Frontier::Open(at) => {
-                    // AcqRel: a failure means the producer published here
-                    // first; Acquire then shows the next header it zeroed.
-                    let end = header_word(KIND_END, 0);
-                    match self.header_at(at).compare_exchange(
-                        0,
-                        end,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    ) {
-                        Ok(_) => break at,
-                        Err(_) => from = at,
-                    }
-                }
-            }
-        };
+        // AcqRel: the Acquire half synchronises with the producer's claim
+        // CAS, so the header it zeroed at the claimed end is visible; after
+        // this no claim succeeds, so `committed..end` is fixed.
+        let end = self.ctrl.tail.0.fetch_or(CLOSED, Ordering::AcqRel) & !CLOSED;
+        let committed = self.load_committed()?;
+        if end < committed || end - committed > self.geo.capacity || !end.is_multiple_of(8) {
+            return Err(EdgeError::Corrupt("tail outside the ring"));
+        }
+        if self.tomb_holes(committed, end)?.is_some() {
+            return Err(EdgeError::Corrupt("END before the tail"));
+        }
+        let end_word = header_word(KIND_END, 0);
+        match self
+            .header_at(end)
+            .compare_exchange(0, end_word, Ordering::AcqRel, Ordering::Acquire)
+        {
+            Ok(_) => {}
+            // Another sealer got there first.
+            Err(found) if found == end_word => {}
+            Err(_) => return Err(EdgeError::Corrupt("header at the tail not free")),
+        }
         self.ctrl.data_wait.0.notify(futex);
         self.ctrl.space_wait.0.notify(futex);
         Ok(end)

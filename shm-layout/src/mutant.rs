@@ -23,8 +23,9 @@ pub enum Mutant {
     EdgeSkipZeroNext,
     /// The edge log consumer commits with `Relaxed` instead of `Release`.
     EdgeCommitRelaxed,
-    /// The producer publishes with a plain store, overwriting a seal's END.
-    EdgePublishPlainStore,
+    /// The producer claims space with a plain store of `tail`, wiping a
+    /// seal's CLOSED bit.
+    EdgeClaimPlainStore,
     /// A sleeper skips the `fence(SeqCst)` between registering and re-checking.
     WaitSkipSleeperFence,
     /// A waker skips the `fence(SeqCst)` between publishing and checking waiters.

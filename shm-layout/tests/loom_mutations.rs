@@ -69,9 +69,9 @@ fn unzeroed_next_header_reads_a_stale_record() {
 }
 
 #[test]
-fn plain_store_publish_breaks_the_seal() {
+fn plain_store_claim_breaks_the_seal() {
     must_fail(
-        Mutant::EdgePublishPlainStore,
+        Mutant::EdgeClaimPlainStore,
         models::edge_seal_race,
         "seal violated",
     );

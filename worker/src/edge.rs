@@ -417,7 +417,7 @@ impl EdgeProducer {
             .try_reserve(&mut self.cursor, len as u64)?;
         Ok(Loan {
             producer: self,
-            reservation,
+            reservation: Some(reservation),
         })
     }
 
@@ -441,7 +441,7 @@ impl EdgeProducer {
                 Ok(reservation) => {
                     return Ok(Loan {
                         producer: self,
-                        reservation,
+                        reservation: Some(reservation),
                     });
                 }
                 Err(EdgeError::Full) => self.wait_for_space(len, deadline)?,
@@ -490,25 +490,31 @@ impl Drop for EdgeProducer {
 }
 
 /// A record being written in place. Dropping it without `commit` abandons
-/// it: nothing becomes visible.
+/// it: nothing becomes visible (the consumer skips it).
 pub struct Loan<'a> {
     producer: &'a mut EdgeProducer,
-    reservation: Reservation,
+    /// Taken by `commit`; still here on drop means abandoned.
+    reservation: Option<Reservation>,
 }
 
 impl Loan<'_> {
     /// The record's bytes in the ring, to fill in.
     pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        let reservation = self
+            .reservation
+            .as_ref()
+            .expect("a loan holds its reservation until commit");
         let ring = &self.producer.log.inner.ring;
         // SAFETY: try_reserve checked payload_offset + len <= capacity; the
-        // bytes belong to the producer until published, and `self` borrows
-        // the producer mutably, so there is one such slice at a time.
+        // bytes were claimed by this producer and stay unpublished until
+        // `commit`; `self` borrows the producer mutably, so there is one
+        // such slice at a time.
         unsafe {
             std::slice::from_raw_parts_mut(
                 ring.base
                     .as_ptr()
-                    .add(self.reservation.payload_offset as usize),
-                self.reservation.len as usize,
+                    .add(reservation.payload_offset() as usize),
+                reservation.len() as usize,
             )
         }
     }
@@ -517,11 +523,26 @@ impl Loan<'_> {
     ///
     /// # Errors
     /// `Sealed` if the log was sealed meanwhile (the record is dropped).
-    pub fn commit(self) -> Result<u64, EdgeError> {
+    pub fn commit(mut self) -> Result<u64, EdgeError> {
+        let reservation = self
+            .reservation
+            .take()
+            .expect("a loan holds its reservation until commit");
         let edge = self.producer.log.inner.edge();
-        let position = edge.publish(&mut self.producer.cursor, self.reservation)?;
+        let position = edge.publish(&mut self.producer.cursor, reservation)?;
         edge.wake_consumer(&LinuxFutex);
         Ok(position)
+    }
+}
+
+impl Drop for Loan<'_> {
+    fn drop(&mut self) {
+        if let Some(reservation) = self.reservation.take() {
+            let edge = self.producer.log.inner.edge();
+            edge.abandon(&self.producer.cursor, reservation);
+            // The consumer may be waiting at the abandoned record.
+            edge.wake_consumer(&LinuxFutex);
+        }
     }
 }
 
@@ -565,14 +586,14 @@ impl EdgeConsumer {
         // which needs `&mut self`.
         let bytes = unsafe {
             std::slice::from_raw_parts(
-                ring.base.as_ptr().add(at.payload_offset as usize),
-                at.len as usize,
+                ring.base.as_ptr().add(at.payload_offset() as usize),
+                at.len() as usize,
             )
         };
         RecordRef {
             bytes,
-            position: at.position,
-            next: at.next,
+            position: at.position(),
+            next: at.next(),
         }
     }
 

@@ -72,11 +72,11 @@ pub fn edge_wraparound() {
                 None => thread::yield_now(),
             }
         };
-        let mut buf = vec![0; record.len as usize];
+        let mut buf = vec![0; record.len() as usize];
         edge.copy_out(&record, &mut buf);
         assert_eq!(&buf, expected, "record read out of order or torn");
         if i > 0 {
-            edge.commit(&mut cur, record.next, &futex).unwrap();
+            edge.commit(&mut cur, record.next(), &futex).unwrap();
         }
     }
     producer.join().unwrap();
@@ -107,7 +107,7 @@ pub fn edge_commit_reopen() {
         if let Some(r) = edge.try_next(cur).unwrap() {
             let mut buf = [0u8; 8];
             edge.copy_out(&r, &mut buf);
-            break (buf[0], r.next);
+            break (buf[0], r.next());
         }
         thread::yield_now();
     };
@@ -128,8 +128,10 @@ pub fn edge_commit_reopen() {
     producer.join().unwrap();
 }
 
-/// A producer races a sealer. Every record the producer saw acknowledged
-/// is in the log; no record appears after the seal; the log stays sealed.
+/// A producer races a sealer while the consumer reads and commits, so the
+/// producer laps onto committed space during the sealer's walk. Every
+/// record the producer saw acknowledged is read, none appears after the
+/// seal's END, and the consumer ends on `Sealed`.
 pub fn edge_seal_race() {
     let heap = Arc::new(HeapEdge::new(64, 0));
     let acked = Arc::new(AtomicU64::new(0));
@@ -140,18 +142,16 @@ pub fn edge_seal_race() {
             let Ok(mut cur) = edge.producer_cursor() else {
                 return;
             };
-            for value in 1..=2u8 {
-                let res = match edge.try_reserve(&mut cur, 8) {
-                    Ok(res) => res,
-                    Err(EdgeError::Sealed) => return,
-                    Err(e) => panic!("{e}"),
-                };
-                edge.fill(&res, &[value; 8]);
-                match edge.publish(&mut cur, res) {
-                    Ok(_) => acked.fetch_add(1, Ordering::Relaxed),
-                    Err(EdgeError::Sealed) => return,
-                    Err(e) => panic!("{e}"),
-                };
+            for value in 1..=3u8 {
+                loop {
+                    match push(&edge, &mut cur, &[value; 16]) {
+                        Ok(_) => break,
+                        Err(EdgeError::Full) => thread::yield_now(),
+                        Err(EdgeError::Sealed) => return,
+                        Err(e) => panic!("seal violated: the producer got {e}"),
+                    }
+                }
+                acked.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
@@ -159,20 +159,23 @@ pub fn edge_seal_race() {
         let heap = heap.clone();
         thread::spawn(move || heap.edge().seal(&LoomFutex::default()).unwrap())
     };
-    producer.join().unwrap();
-    let end = sealer.join().unwrap();
     let edge = heap.edge();
-    assert!(edge.is_sealed());
+    let futex = LoomFutex::default();
     let mut cur = edge.consumer_cursor().unwrap();
     let mut read = 0;
     loop {
         match edge.try_next(&mut cur) {
-            Ok(Some(_)) => read += 1,
+            Ok(Some(record)) => {
+                read += 1;
+                edge.commit(&mut cur, record.next(), &futex).unwrap();
+            }
+            Ok(None) => thread::yield_now(),
             Err(EdgeError::Sealed) => break,
-            Ok(None) => panic!("seal violated: the END marker was overwritten"),
             Err(e) => panic!("{e}"),
         }
     }
+    producer.join().unwrap();
+    let end = sealer.join().unwrap();
     assert_eq!(
         cur.read_position(),
         end,
@@ -227,7 +230,7 @@ pub fn edge_blocking_read() {
         }
         assert!(edge.wait_for_data(&cur, &*futex, 0, None));
     };
-    assert_eq!(record.len, 8);
+    assert_eq!(record.len(), 8);
     producer.join().unwrap();
 }
 
