@@ -1021,6 +1021,12 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             })
     }
 
+    /// Whether a header is published at `cur`'s read position (a record, a
+    /// skip, or the end): the condition a sleeping consumer re-checks.
+    pub fn has_next(&self, cur: &ConsumerCursor) -> bool {
+        self.header_at(cur.read).load(Ordering::Relaxed) != 0
+    }
+
     /// The wait point a consumer sleeps on, for waiting on it together
     /// with others ([`crate::wait::wait_any`]).
     pub fn data_wait_point(&self) -> &'a WaitPoint {

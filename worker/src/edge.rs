@@ -694,8 +694,17 @@ impl EdgeConsumer {
         self.cursor.committed_position()
     }
 
+    /// Whether a record (or the end of a sealed log) is waiting at the read
+    /// position: the condition to re-check when sleeping on
+    /// [`EdgeConsumer::wait_point`] with `wait_any`.
+    pub fn is_ready(&self) -> bool {
+        self.log.inner.edge().has_next(&self.cursor)
+    }
+
     /// The wait point this consumer sleeps on, to wait on it together with
-    /// others ([`grafos_shm_layout::wait::wait_any`]).
+    /// others ([`grafos_shm_layout::wait::wait_any`]); re-check
+    /// [`EdgeConsumer::is_ready`] as the condition, since the producer's
+    /// wake-up is ordered with the record's header, not with other words.
     pub fn wait_point(&self) -> &grafos_shm_layout::wait::WaitPoint {
         self.log.inner.edge().data_wait_point()
     }

@@ -89,7 +89,7 @@ pub fn edge_wraparound() {
 
 /// A consumer reads two records, commits only the first and "dies"; a new
 /// consumer resumes after the commit and sees the second record again,
-/// while the producer is still appending into the freed space.
+/// while the producer is still appending.
 pub fn edge_commit_reopen() {
     let heap = Arc::new(HeapEdge::new(64, 0));
     let producer = {

@@ -22,6 +22,9 @@ fn main() -> ExitCode {
         eprintln!("usage: edge_peer produce|consume INSTANCE LOG ORACLE_FILE");
         return ExitCode::from(2);
     }
+    // Die with the harness: a killed test must not leave peers spinning.
+    rustix::process::set_parent_process_death_signal(Some(rustix::process::Signal::KILL))
+        .expect("prctl(PR_SET_PDEATHSIG)");
     let name = SegmentName::new(&args[2], &args[3]).expect("valid names");
     let oracle = Oracle::open(Path::new(&args[4])).expect("oracle file");
     let log = EdgeLog::open(&name).expect("edge log exists");
@@ -64,6 +67,15 @@ fn consume(log: &EdgeLog, oracle: &Oracle) -> ExitCode {
     loop {
         let limit = counters.limit.load(Ordering::Acquire);
         if counters.distinct.load(Ordering::Acquire) >= limit {
+            consumer.commit_read();
+            return ExitCode::SUCCESS;
+        }
+        // The producer has sent everything and nothing is left to read:
+        // stop, and let the harness count what is missing (a SIGKILL
+        // between marking a record seen and counting it leaves `distinct`
+        // short, so it alone cannot end the run).
+        let producer_done = counters.acked.load(Ordering::Acquire) >= limit;
+        if producer_done && !consumer.is_ready() {
             consumer.commit_read();
             return ExitCode::SUCCESS;
         }
