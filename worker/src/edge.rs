@@ -168,8 +168,7 @@ impl std::fmt::Debug for EdgeLog {
 /// A snapshot of an edge log's shared positions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct EdgePositions {
-    /// Position after the last published record (the producer's hint,
-    /// updated after each publish).
+    /// End of the producer's last claim (published, or about to be).
     pub tail: u64,
     /// The consumer's committed position.
     pub committed: u64,
