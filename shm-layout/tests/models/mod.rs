@@ -135,41 +135,52 @@ pub fn edge_commit_reopen() {
 pub fn edge_seal_race() {
     let heap = Arc::new(HeapEdge::new(64, 0));
     let acked = Arc::new(AtomicU64::new(0));
+    // Both sides sleep instead of spinning (loom explores spinning poorly);
+    // the seal must wake them.
+    let futex = Arc::new(LoomFutex::default());
     let producer = {
-        let (heap, acked) = (heap.clone(), acked.clone());
+        let (heap, acked, futex) = (heap.clone(), acked.clone(), futex.clone());
         thread::spawn(move || {
             let edge = heap.edge();
             let Ok(mut cur) = edge.producer_cursor() else {
                 return;
             };
+            // Keeps trying after a Sealed error: every later push must
+            // fail too (one that succeeded would land after the seal).
             for value in 1..=3u8 {
                 loop {
                     match push(&edge, &mut cur, &[value; 16]) {
-                        Ok(_) => break,
-                        Err(EdgeError::Full) => thread::yield_now(),
-                        Err(EdgeError::Sealed) => return,
+                        Ok(_) => {
+                            edge.wake_consumer(&*futex);
+                            acked.fetch_add(1, Ordering::Relaxed);
+                            break;
+                        }
+                        Err(EdgeError::Full) => {
+                            edge.wait_for_space(&cur, 16, &*futex, 0, None);
+                        }
+                        Err(EdgeError::Sealed) => break,
                         Err(e) => panic!("seal violated: the producer got {e}"),
                     }
                 }
-                acked.fetch_add(1, Ordering::Relaxed);
             }
         })
     };
     let sealer = {
-        let heap = heap.clone();
-        thread::spawn(move || heap.edge().seal(&LoomFutex::default()).unwrap())
+        let (heap, futex) = (heap.clone(), futex.clone());
+        thread::spawn(move || heap.edge().seal(&*futex).unwrap())
     };
     let edge = heap.edge();
-    let futex = LoomFutex::default();
     let mut cur = edge.consumer_cursor().unwrap();
     let mut read = 0;
     loop {
         match edge.try_next(&mut cur) {
             Ok(Some(record)) => {
                 read += 1;
-                edge.commit(&mut cur, record.next(), &futex).unwrap();
+                edge.commit(&mut cur, record.next(), &*futex).unwrap();
             }
-            Ok(None) => thread::yield_now(),
+            Ok(None) => {
+                edge.wait_for_data(&cur, &*futex, 0, None);
+            }
             Err(EdgeError::Sealed) => break,
             Err(e) => panic!("{e}"),
         }
