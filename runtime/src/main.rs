@@ -9,7 +9,7 @@ use clap::{Parser, Subcommand};
 use grafos_worker::FabricError;
 use grafos_worker::edge::EdgeLog;
 use grafos_worker::layout::header::{Expect, SegmentKind};
-use grafos_worker::segment::{Segment, SegmentName, instance_prefix, validate_instance};
+use grafos_worker::segment::{Segment, SegmentName, list_segments, validate_instance};
 
 /// grafos: a shared-memory fabric for multi-process pipelines on one host.
 ///
@@ -58,17 +58,7 @@ fn main() -> ExitCode {
 }
 
 fn segments(instance: &str) -> Result<(), FabricError> {
-    let prefix = instance_prefix(instance);
-    let mut names: Vec<String> = std::fs::read_dir("/dev/shm")
-        .map_err(|e| FabricError::Io {
-            op: "read_dir",
-            target: "/dev/shm".into(),
-            source: e,
-        })?
-        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
-        .filter_map(|name| name.strip_prefix(&prefix).map(str::to_owned))
-        .collect();
-    names.sort();
+    let names = list_segments(instance)?;
     if names.is_empty() {
         println!("no segments of instance {instance:?} in /dev/shm");
         return Ok(());

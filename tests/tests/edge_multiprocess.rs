@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use grafos_tests::Oracle;
 use grafos_worker::edge::{EdgeConfig, EdgeLog};
-use grafos_worker::segment::{Segment, SegmentName, instance_prefix};
+use grafos_worker::segment::{Segment, SegmentName, list_segments};
 
 const PEER: &str = env!("CARGO_BIN_EXE_edge_peer");
 /// Indices of the peers in `Harness::children`.
@@ -66,12 +66,7 @@ impl Harness {
     }
 
     fn leftovers(&self) -> Vec<String> {
-        let prefix = instance_prefix(&self.instance);
-        std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
+        list_segments(&self.instance).unwrap()
     }
 
     /// Unlinks the log and asserts nothing of the instance is left (the

@@ -354,8 +354,10 @@ impl EdgeLog {
     }
 }
 
+/// The deadline `timeout` from now; a timeout too large to represent
+/// (`Duration::MAX`, say) means no deadline.
 fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.map(|t| Instant::now() + t)
+    timeout.and_then(|t| Instant::now().checked_add(t))
 }
 
 /// The producing end of an edge log.

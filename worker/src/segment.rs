@@ -102,6 +102,25 @@ pub fn instance_prefix(instance: &str) -> String {
     format!("grafos.{instance}.")
 }
 
+/// The object names of `instance`'s segments now in `/dev/shm`, sorted.
+///
+/// # Errors
+/// `Io` if `/dev/shm` cannot be read.
+pub fn list_segments(instance: &str) -> Result<Vec<String>> {
+    let prefix = instance_prefix(instance);
+    let entries = std::fs::read_dir("/dev/shm").map_err(|e| FabricError::Io {
+        op: "read_dir",
+        target: "/dev/shm".into(),
+        source: e,
+    })?;
+    let mut objects: Vec<String> = entries
+        .filter_map(|entry| entry.ok()?.file_name().into_string().ok())
+        .filter_map(|name| name.strip_prefix(&prefix).map(str::to_owned))
+        .collect();
+    objects.sort();
+    Ok(objects)
+}
+
 /// What a new segment holds.
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentSpec {

@@ -1,6 +1,6 @@
 //! Helpers shared by the worker's integration tests.
 
-use grafos_worker::segment::{Segment, SegmentName, instance_prefix};
+use grafos_worker::segment::{Segment, SegmentName, list_segments};
 
 /// A unique instance for one test; on drop, unlinks its segments and
 /// asserts nothing of the instance is left in /dev/shm.
@@ -22,20 +22,14 @@ impl TestInstance {
     }
 
     pub fn leftovers(&self) -> Vec<String> {
-        let prefix = instance_prefix(&self.name);
-        std::fs::read_dir("/dev/shm")
-            .unwrap()
-            .filter_map(|e| e.ok()?.file_name().into_string().ok())
-            .filter(|n| n.starts_with(&prefix))
-            .collect()
+        list_segments(&self.name).unwrap()
     }
 }
 
 impl Drop for TestInstance {
     fn drop(&mut self) {
-        for name in self.leftovers() {
-            let object = &name[instance_prefix(&self.name).len()..];
-            let _ = Segment::unlink(&self.segment(object));
+        for object in self.leftovers() {
+            let _ = Segment::unlink(&self.segment(&object));
         }
         if !std::thread::panicking() {
             assert!(self.leftovers().is_empty(), "segments left in /dev/shm");
