@@ -50,6 +50,10 @@ pub const MIN_CAPACITY: u64 = 64;
 pub const MAX_CAPACITY: u64 = 1 << 40;
 /// Size of [`EdgeControl`] in a segment; the ring follows it.
 pub const CONTROL_SIZE: u64 = 768;
+/// Largest payload whatever the capacity (2 GiB - 16): a TOMB over a
+/// wrapped record (padding plus record) must fit the header's 32-bit
+/// length.
+pub const MAX_PAYLOAD: u64 = (1 << 31) - 16;
 /// Positions stay below this.
 pub const MAX_POSITION: u64 = 1 << 62;
 /// Bit 63 of `tail`: the log is sealed; claims fail.
@@ -71,7 +75,7 @@ pub const PRODUCER_WAITER: Waiter = Waiter::slot(1);
 pub struct EdgeParams {
     /// Ring size in bytes: a power of two in `MIN_CAPACITY..=MAX_CAPACITY`.
     pub capacity: u64,
-    /// Largest payload: `min(capacity / 2 - RECORD_HEADER, 0xFFFF_FFF8)`.
+    /// Largest payload: `min(capacity / 2 - RECORD_HEADER, MAX_PAYLOAD)`.
     pub max_payload: u64,
     /// Reserved, zero.
     pub reserved: [u64; 14],
@@ -88,7 +92,7 @@ impl EdgeParams {
                 "edge capacity must be a power of two from 64 B to 1 TiB",
             ));
         }
-        let max_payload = (capacity / 2 - RECORD_HEADER).min(u64::from(!7u32));
+        let max_payload = (capacity / 2 - RECORD_HEADER).min(MAX_PAYLOAD);
         Ok(EdgeParams {
             capacity,
             max_payload,
@@ -158,6 +162,10 @@ enum Header {
 }
 
 fn header_word(kind: u64, len: u64) -> u64 {
+    assert!(
+        len <= u64::from(u32::MAX),
+        "record header length overflows 32 bits"
+    );
     (kind << 32) | len
 }
 
@@ -367,6 +375,10 @@ impl std::error::Error for EdgeError {}
 pub struct ProducerCursor {
     tail: u64,
     committed: u64,
+    /// Start of a reservation neither published nor abandoned (leaked):
+    /// the next reservation tombs it, so it cannot become a hole that
+    /// later records are published behind.
+    pending: Option<u64>,
 }
 
 impl ProducerCursor {
@@ -675,7 +687,11 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         if self.tomb_holes(committed, tail)?.is_some() {
             return Err(EdgeError::Corrupt("END before the tail of an unsealed log"));
         }
-        Ok(ProducerCursor { tail, committed })
+        Ok(ProducerCursor {
+            tail,
+            committed,
+            pending: None,
+        })
     }
 
     /// Bytes a record of `len` needs at `tail`: padding, the record, and
@@ -704,6 +720,16 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         cur: &mut ProducerCursor,
         len: u64,
     ) -> Result<Reservation, EdgeError> {
+        if let Some(start) = cur.pending.take() {
+            // A leaked reservation: tomb it (a sealer may have already).
+            let tomb = header_word(KIND_TOMB, cur.tail - start - RECORD_HEADER);
+            let _ = self.header_at(start).compare_exchange(
+                0,
+                tomb,
+                Ordering::SeqCst,
+                Ordering::Relaxed,
+            );
+        }
         if len > self.geo.max_payload {
             return Err(EdgeError::TooLarge {
                 len,
@@ -765,6 +791,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             Err(_) => return Err(EdgeError::Corrupt("tail moved under the producer")),
         }
         cur.tail = next;
+        cur.pending = Some(pad_at.unwrap_or(position));
         Ok(Reservation {
             position,
             payload_offset: self.geo.offset(position) + RECORD_HEADER,
@@ -825,6 +852,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// If `res` is not the cursor's latest reservation.
     pub fn publish(&self, cur: &mut ProducerCursor, res: Reservation) -> Result<u64, EdgeError> {
         assert_eq!(res.next, cur.tail, "stale reservation");
+        cur.pending = None;
         if let Some(pad_at) = res.pad_at {
             let pad = header_word(KIND_PAD, res.position - pad_at - RECORD_HEADER);
             self.publish_header(pad_at, pad)?;
@@ -838,12 +866,14 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     ///
     /// # Panics
     /// If `res` is not the cursor's latest reservation.
-    pub fn abandon(&self, cur: &ProducerCursor, res: Reservation) {
+    pub fn abandon(&self, cur: &mut ProducerCursor, res: Reservation) {
         assert_eq!(res.next, cur.tail, "stale reservation");
+        cur.pending = None;
         let start = res.pad_at.unwrap_or(res.position);
         let tomb = header_word(KIND_TOMB, res.next - start - RECORD_HEADER);
         // A sealer may have tombed it already; either way it is a tomb.
-        // SeqCst like a publish, so `wake_consumer` may follow it.
+        // SeqCst like a publish, so `wake_consumer` may follow it (if the
+        // CAS fails, the sealer's own notify woke the consumer).
         let _ =
             self.header_at(start)
                 .compare_exchange(0, tomb, Ordering::SeqCst, Ordering::Relaxed);
@@ -1227,6 +1257,31 @@ mod tests {
         assert_eq!(push(&edge, &mut p, &[1; 3]).unwrap(), 1 << 40);
         let mut c = edge.consumer_cursor().unwrap();
         assert_eq!(pop(&edge, &mut c).unwrap().unwrap().1, (1 << 40) + 16);
+    }
+
+    #[test]
+    fn a_leaked_reservation_is_tombed_by_the_next_one() {
+        let heap = HeapEdge::new(256, 0);
+        let edge = heap.edge();
+        let mut p = edge.producer_cursor().unwrap();
+        let leaked = edge.try_reserve(&mut p, 5).unwrap();
+        drop(leaked);
+        push(&edge, &mut p, b"after").unwrap();
+        let mut c = edge.consumer_cursor().unwrap();
+        assert_eq!(
+            pop(&edge, &mut c).unwrap().unwrap().0,
+            b"after",
+            "no hole before the record"
+        );
+    }
+
+    #[test]
+    fn payloads_are_capped_so_a_tomb_fits_its_header() {
+        let params = EdgeParams::new(1 << 40).unwrap();
+        assert_eq!(params.max_payload, MAX_PAYLOAD);
+        // The largest tomb: padding of almost a record plus a record.
+        let widest = 2 * Geometry::framed(MAX_PAYLOAD) - 16;
+        assert!(widest <= u64::from(u32::MAX));
     }
 
     #[test]

@@ -540,7 +540,7 @@ impl Drop for Loan<'_> {
     fn drop(&mut self) {
         if let Some(reservation) = self.reservation.take() {
             let edge = self.producer.log.inner.edge();
-            edge.abandon(&self.producer.cursor, reservation);
+            edge.abandon(&mut self.producer.cursor, reservation);
             // The consumer may be waiting at the abandoned record.
             edge.wake_consumer(&LinuxFutex);
         }

@@ -128,8 +128,8 @@ pub fn edge_commit_reopen() {
     producer.join().unwrap();
 }
 
-/// A producer races a sealer while the consumer reads and commits, so the
-/// producer laps onto committed space during the sealer's walk. Every
+/// A producer races a sealer while the consumer reads and commits, and
+/// the producer laps onto committed space. Every
 /// record the producer saw acknowledged is read, none appears after the
 /// seal's END, and the consumer ends on `Sealed`.
 pub fn edge_seal_race() {
