@@ -83,8 +83,7 @@ fn describe(name: &SegmentName) -> Result<String, FabricError> {
     let fence = segment.header().fence();
     let kind = SegmentKind::from_raw(fields.kind).map_or("?".to_owned(), |k| format!("{k:?}"));
     let details = if fields.kind == SegmentKind::EdgeLog as u32 {
-        let log = EdgeLog::open(name)?;
-        let p = log.positions();
+        let p = EdgeLog::from_segment(segment)?.positions();
         format!(
             "tail={} committed={} uncommitted={}B{}",
             p.tail,

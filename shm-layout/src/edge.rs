@@ -393,33 +393,16 @@ impl ProducerCursor {
 #[derive(Debug, PartialEq, Eq)]
 #[must_use = "a reservation is invisible until published"]
 pub struct Reservation {
-    position: u64,
-    payload_offset: u64,
-    len: u64,
+    /// Where the record will lie.
+    at: RecordAt,
     /// Where a PAD record goes first, if the record wraps.
     pad_at: Option<u64>,
-    next: u64,
 }
 
 impl Reservation {
-    /// Position of the record.
-    pub fn position(&self) -> u64 {
-        self.position
-    }
-
-    /// Ring offset of the payload (inside the ring; checked on creation).
-    pub fn payload_offset(&self) -> u64 {
-        self.payload_offset
-    }
-
-    /// Payload length.
-    pub fn len(&self) -> u64 {
-        self.len
-    }
-
-    /// Whether the payload is empty.
-    pub fn is_empty(&self) -> bool {
-        self.len == 0
+    /// Where the record will lie once published.
+    pub fn record(&self) -> &RecordAt {
+        &self.at
     }
 }
 
@@ -638,6 +621,17 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         Ok((tail, raw & CLOSED != 0))
     }
 
+    /// Turns the unpublished record at `start` into a TOMB reaching `end`
+    /// (CAS from 0); false if the header was no longer 0 (published, or
+    /// tombed by someone else). SeqCst like a publish, so `wake_consumer`
+    /// may follow it; Acquire on failure, so the caller can read what won.
+    fn tomb(&self, start: u64, end: u64) -> bool {
+        let tomb = header_word(KIND_TOMB, end - start - RECORD_HEADER);
+        self.header_at(start)
+            .compare_exchange(0, tomb, Ordering::SeqCst, Ordering::Acquire)
+            .is_ok()
+    }
+
     /// Walks the records from `from` to `until`, turning every claimed but
     /// unpublished record into a TOMB reaching `until`. Returns where END
     /// was found, if it was.
@@ -652,14 +646,9 @@ impl<'a, M: RingBytes> Edge<'a, M> {
             match header {
                 Header::End => return Ok(Some(at)),
                 Header::Empty => {
-                    let tomb = header_word(KIND_TOMB, until - at - RECORD_HEADER);
-                    // On failure the producer published here first: read it.
-                    let _ = self.header_at(at).compare_exchange(
-                        0,
-                        tomb,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
+                    // On failure the producer published here first: the
+                    // next turn reads it.
+                    self.tomb(at, until);
                 }
                 _ => at += self.span(at, header, until)?,
             }
@@ -722,13 +711,7 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     ) -> Result<Reservation, EdgeError> {
         if let Some(start) = cur.pending.take() {
             // A leaked reservation: tomb it (a sealer may have already).
-            let tomb = header_word(KIND_TOMB, cur.tail - start - RECORD_HEADER);
-            let _ = self.header_at(start).compare_exchange(
-                0,
-                tomb,
-                Ordering::SeqCst,
-                Ordering::Relaxed,
-            );
+            self.tomb(start, cur.tail);
         }
         if len > self.geo.max_payload {
             return Err(EdgeError::TooLarge {
@@ -793,11 +776,13 @@ impl<'a, M: RingBytes> Edge<'a, M> {
         cur.tail = next;
         cur.pending = Some(pad_at.unwrap_or(position));
         Ok(Reservation {
-            position,
-            payload_offset: self.geo.offset(position) + RECORD_HEADER,
-            len,
+            at: RecordAt {
+                position,
+                payload_offset: self.geo.offset(position) + RECORD_HEADER,
+                len,
+                next,
+            },
             pad_at,
-            next,
         })
     }
 
@@ -808,17 +793,17 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     pub fn fill(&self, res: &Reservation, payload: &[u8]) {
         assert_eq!(
             payload.len() as u64,
-            res.len,
+            res.at.len,
             "payload length differs from the reservation"
         );
         assert!(
-            res.payload_offset + res.len <= self.geo.capacity,
+            res.at.payload_offset + res.at.len <= self.geo.capacity,
             "reservation of another ring"
         );
         // SAFETY: the reservation lies inside the ring, in space the
         // producer claimed and the consumer does not read until the header
         // is published.
-        unsafe { self.ring.write(res.payload_offset, payload) };
+        unsafe { self.ring.write(res.at.payload_offset, payload) };
     }
 
     /// Publishes the header word at `position` by CAS from 0.
@@ -851,14 +836,25 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Panics
     /// If `res` is not the cursor's latest reservation.
     pub fn publish(&self, cur: &mut ProducerCursor, res: Reservation) -> Result<u64, EdgeError> {
-        assert_eq!(res.next, cur.tail, "stale reservation");
+        assert_eq!(res.at.next, cur.tail, "stale reservation");
         cur.pending = None;
         if let Some(pad_at) = res.pad_at {
-            let pad = header_word(KIND_PAD, res.position - pad_at - RECORD_HEADER);
+            let pad = header_word(KIND_PAD, res.at.position - pad_at - RECORD_HEADER);
             self.publish_header(pad_at, pad)?;
         }
-        self.publish_header(res.position, header_word(KIND_DATA, res.len))?;
-        Ok(res.position)
+        self.publish_header(res.at.position, header_word(KIND_DATA, res.at.len))?;
+        Ok(res.at.position)
+    }
+
+    /// Reserves, fills and publishes a record: [`Edge::try_reserve`],
+    /// [`Edge::fill`], [`Edge::publish`]. Does not wake the consumer.
+    ///
+    /// # Errors
+    /// Those of `try_reserve` and `publish`.
+    pub fn try_push(&self, cur: &mut ProducerCursor, payload: &[u8]) -> Result<u64, EdgeError> {
+        let res = self.try_reserve(cur, payload.len() as u64)?;
+        self.fill(&res, payload);
+        self.publish(cur, res)
     }
 
     /// Gives a reservation back unpublished: it becomes a TOMB the consumer
@@ -867,16 +863,11 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     /// # Panics
     /// If `res` is not the cursor's latest reservation.
     pub fn abandon(&self, cur: &mut ProducerCursor, res: Reservation) {
-        assert_eq!(res.next, cur.tail, "stale reservation");
+        assert_eq!(res.at.next, cur.tail, "stale reservation");
         cur.pending = None;
-        let start = res.pad_at.unwrap_or(res.position);
-        let tomb = header_word(KIND_TOMB, res.next - start - RECORD_HEADER);
-        // A sealer may have tombed it already; either way it is a tomb.
-        // SeqCst like a publish, so `wake_consumer` may follow it (if the
-        // CAS fails, the sealer's own notify woke the consumer).
-        let _ =
-            self.header_at(start)
-                .compare_exchange(0, tomb, Ordering::SeqCst, Ordering::Relaxed);
+        // A sealer may have tombed it already; either way it is a tomb (and
+        // then the sealer's own notify woke the consumer).
+        self.tomb(res.pad_at.unwrap_or(res.at.position), res.at.next);
     }
 
     /// Wakes the consumer if it sleeps; call after [`Edge::publish`] (whose
@@ -1130,16 +1121,6 @@ mod tests {
         fn wake_all(&self, _: &crate::sync::AtomicU32) {}
     }
 
-    fn push(
-        edge: &Edge<'_, crate::heap::HeapRing>,
-        cur: &mut ProducerCursor,
-        data: &[u8],
-    ) -> Result<u64, EdgeError> {
-        let res = edge.try_reserve(cur, data.len() as u64)?;
-        edge.fill(&res, data);
-        edge.publish(cur, res)
-    }
-
     fn pop(
         edge: &Edge<'_, crate::heap::HeapRing>,
         cur: &mut ConsumerCursor,
@@ -1159,7 +1140,7 @@ mod tests {
         let mut c = edge.consumer_cursor().unwrap();
         for round in 0..100u8 {
             let data = vec![round; (round as usize * 7) % 57];
-            push(&edge, &mut p, &data).unwrap();
+            edge.try_push(&mut p, &data).unwrap();
             let (got, next) = pop(&edge, &mut c).unwrap().unwrap();
             assert_eq!(got, data);
             edge.commit(&mut c, next, &NoFutex).unwrap();
@@ -1174,10 +1155,10 @@ mod tests {
         let heap = HeapEdge::new(64, 0);
         let edge = heap.edge();
         let mut p = edge.producer_cursor().unwrap();
-        push(&edge, &mut p, &[1; 8]).unwrap();
-        push(&edge, &mut p, &[2; 8]).unwrap();
-        push(&edge, &mut p, &[3; 8]).unwrap();
-        assert_eq!(push(&edge, &mut p, &[4; 8]), Err(EdgeError::Full));
+        edge.try_push(&mut p, &[1; 8]).unwrap();
+        edge.try_push(&mut p, &[2; 8]).unwrap();
+        edge.try_push(&mut p, &[3; 8]).unwrap();
+        assert_eq!(edge.try_push(&mut p, &[4; 8]), Err(EdgeError::Full));
         let mut c = edge.consumer_cursor().unwrap();
         let (_, first) = pop(&edge, &mut c).unwrap().unwrap();
         let (_, second) = pop(&edge, &mut c).unwrap().unwrap();
@@ -1188,8 +1169,8 @@ mod tests {
             pop(&edge, &mut again).unwrap().unwrap(),
             (vec![2; 8], second)
         );
-        push(&edge, &mut p, &[4; 8]).unwrap();
-        assert_eq!(push(&edge, &mut p, &[5; 8]), Err(EdgeError::Full));
+        edge.try_push(&mut p, &[4; 8]).unwrap();
+        assert_eq!(edge.try_push(&mut p, &[5; 8]), Err(EdgeError::Full));
         // A producer that takes over finds the frontier after record 4.
         let resumed = edge.producer_cursor().unwrap();
         assert_eq!(resumed.position(), p.position());
@@ -1200,8 +1181,8 @@ mod tests {
         let heap = HeapEdge::new(256, 0);
         let edge = heap.edge();
         let mut p = edge.producer_cursor().unwrap();
-        push(&edge, &mut p, &[1; 20]).unwrap();
-        push(&edge, &mut p, &[2; 20]).unwrap();
+        edge.try_push(&mut p, &[1; 20]).unwrap();
+        edge.try_push(&mut p, &[2; 20]).unwrap();
         let mut c = edge.consumer_cursor().unwrap();
         let (_, a) = pop(&edge, &mut c).unwrap().unwrap();
         let (_, b) = pop(&edge, &mut c).unwrap().unwrap();
@@ -1230,7 +1211,7 @@ mod tests {
             edge.try_reserve(&mut p, 121),
             Err(EdgeError::TooLarge { len: 121, max: 120 })
         );
-        push(&edge, &mut p, &[7; 120]).unwrap();
+        edge.try_push(&mut p, &[7; 120]).unwrap();
     }
 
     #[test]
@@ -1238,7 +1219,7 @@ mod tests {
         let heap = HeapEdge::new(128, 0);
         let edge = heap.edge();
         let mut p = edge.producer_cursor().unwrap();
-        push(&edge, &mut p, b"kept").unwrap();
+        edge.try_push(&mut p, b"kept").unwrap();
         let res = edge.try_reserve(&mut p, 4).unwrap();
         edge.fill(&res, b"lost");
         edge.seal(&NoFutex).unwrap();
@@ -1254,7 +1235,7 @@ mod tests {
         let heap = HeapEdge::new(64, 1 << 40);
         let edge = heap.edge();
         let mut p = edge.producer_cursor().unwrap();
-        assert_eq!(push(&edge, &mut p, &[1; 3]).unwrap(), 1 << 40);
+        assert_eq!(edge.try_push(&mut p, &[1; 3]).unwrap(), 1 << 40);
         let mut c = edge.consumer_cursor().unwrap();
         assert_eq!(pop(&edge, &mut c).unwrap().unwrap().1, (1 << 40) + 16);
     }
@@ -1266,7 +1247,7 @@ mod tests {
         let mut p = edge.producer_cursor().unwrap();
         let leaked = edge.try_reserve(&mut p, 5).unwrap();
         drop(leaked);
-        push(&edge, &mut p, b"after").unwrap();
+        edge.try_push(&mut p, b"after").unwrap();
         let mut c = edge.consumer_cursor().unwrap();
         assert_eq!(
             pop(&edge, &mut c).unwrap().unwrap().0,
@@ -1317,7 +1298,7 @@ mod tests {
                 match op {
                     0 => {
                         let data = vec![next_val; len];
-                        match push(&edge, &mut p, &data) {
+                        match edge.try_push(&mut p, &data) {
                             Ok(_) => { sent.push(data); next_val = next_val.wrapping_add(1); }
                             Err(EdgeError::Full) => {}
                             Err(e) => panic!("{e}"),

@@ -218,7 +218,7 @@ impl EdgeLog {
             );
         }
         segment.activate();
-        EdgeLog::bind(segment)
+        EdgeLog::from_segment(segment)
     }
 
     /// Opens an existing edge log, accepting any token and payload.
@@ -240,14 +240,29 @@ impl EdgeLog {
             kind: Some(SegmentKind::EdgeLog),
             ..*expect
         };
-        EdgeLog::bind(Segment::open(name, &expect)?)
+        EdgeLog::from_segment(Segment::open(name, &expect)?)
     }
 
-    fn bind(segment: Segment) -> Result<EdgeLog> {
+    /// Binds an already opened (validated) segment as an edge log.
+    ///
+    /// # Errors
+    /// `Layout` if the segment is not an edge log or its control block is
+    /// inconsistent.
+    pub fn from_segment(segment: Segment) -> Result<EdgeLog> {
         let layout = |source| FabricError::Layout {
             name: segment.name().to_string(),
             source,
         };
+        let kind = segment.fields().kind;
+        if kind != SegmentKind::EdgeLog as u32 {
+            return Err(layout(match SegmentKind::from_raw(kind) {
+                Some(found) => grafos_shm_layout::LayoutError::KindMismatch {
+                    found,
+                    expected: SegmentKind::EdgeLog,
+                },
+                None => grafos_shm_layout::LayoutError::Corrupt("unknown segment kind"),
+            }));
+        }
         let ring_len = segment
             .body_len()
             .checked_sub(CONTROL_SIZE)
@@ -374,9 +389,7 @@ impl EdgeProducer {
     #[inline]
     pub fn try_push(&mut self, record: &[u8]) -> Result<u64, EdgeError> {
         let edge = self.log.inner.edge();
-        let res = edge.try_reserve(&mut self.cursor, record.len() as u64)?;
-        edge.fill(&res, record);
-        let position = edge.publish(&mut self.cursor, res)?;
+        let position = edge.try_push(&mut self.cursor, record)?;
         edge.wake_consumer(&LinuxFutex);
         Ok(position)
     }
@@ -514,8 +527,8 @@ impl Loan<'_> {
             std::slice::from_raw_parts_mut(
                 ring.base
                     .as_ptr()
-                    .add(reservation.payload_offset() as usize),
-                reservation.len() as usize,
+                    .add(reservation.record().payload_offset() as usize),
+                reservation.record().len() as usize,
             )
         }
     }

@@ -331,3 +331,33 @@ fn a_seal_during_a_loan_fails_its_commit_and_keeps_what_was_published() {
     assert_eq!(log.seal().unwrap(), end, "sealing twice is harmless");
     Segment::unlink(&name).unwrap();
 }
+
+#[test]
+fn from_segment_binds_edge_logs_only() {
+    use grafos_worker::layout::LayoutError;
+    use grafos_worker::layout::header::SegmentKind;
+    use grafos_worker::segment::SegmentSpec;
+    let instance = TestInstance::new("fromseg");
+    let (edge_name, raw_name) = (instance.segment("edge"), instance.segment("raw"));
+    EdgeLog::create(&edge_name, &small(1024)).unwrap();
+    let opened = Segment::open(&edge_name, &Expect::default()).unwrap();
+    assert_eq!(EdgeLog::from_segment(opened).unwrap().max_record(), 504);
+    let spec = SegmentSpec {
+        kind: SegmentKind::Raw,
+        body_len: 4096,
+        lease_id: 0,
+        instance_token: 0,
+        payload: TypeDescriptor::BYTES,
+    };
+    Segment::create(&raw_name, &spec).unwrap().activate();
+    let raw = Segment::open(&raw_name, &Expect::default()).unwrap();
+    assert!(matches!(
+        EdgeLog::from_segment(raw),
+        Err(FabricError::Layout {
+            source: LayoutError::KindMismatch { .. },
+            ..
+        })
+    ));
+    Segment::unlink(&edge_name).unwrap();
+    Segment::unlink(&raw_name).unwrap();
+}

@@ -1,3 +1,4 @@
+#![allow(dead_code)] // Each test binary runs a subset of the models.
 //! Loom models shared by the model tests and their mutation checks.
 //!
 //! Each model runs the production algorithm on a heap model with tiny
@@ -21,20 +22,10 @@ pub fn check(f: impl Fn() + Sync + Send + 'static) {
     builder.check(f);
 }
 
-fn push(
-    edge: &Edge<'_, HeapRing>,
-    cur: &mut ProducerCursor,
-    data: &[u8],
-) -> Result<u64, EdgeError> {
-    let res = edge.try_reserve(cur, data.len() as u64)?;
-    edge.fill(&res, data);
-    edge.publish(cur, res)
-}
-
 /// Pushes `data`, yielding while the ring is full.
 fn push_spinning(edge: &Edge<'_, HeapRing>, cur: &mut ProducerCursor, data: &[u8]) {
     loop {
-        match push(edge, cur, data) {
+        match edge.try_push(cur, data) {
             Ok(_) => return,
             Err(EdgeError::Full) => thread::yield_now(),
             Err(e) => panic!("push failed: {e}"),
@@ -149,7 +140,7 @@ pub fn edge_seal_race() {
             // fail too (one that succeeded would land after the seal).
             for value in 1..=3u8 {
                 loop {
-                    match push(&edge, &mut cur, &[value; 16]) {
+                    match edge.try_push(&mut cur, &[value; 16]) {
                         Ok(_) => {
                             edge.wake_consumer(&*futex);
                             acked.fetch_add(1, Ordering::Relaxed);
@@ -229,7 +220,7 @@ pub fn edge_blocking_read() {
         thread::spawn(move || {
             let edge = heap.edge();
             let mut cur = edge.producer_cursor().unwrap();
-            push(&edge, &mut cur, &[9; 8]).unwrap();
+            edge.try_push(&mut cur, &[9; 8]).unwrap();
             edge.wake_consumer(&*futex);
         })
     };
