@@ -32,6 +32,8 @@ pub enum SegmentKind {
     Raw = 1,
     /// An SPSC edge log with a committed position ([`crate::edge`]).
     EdgeLog = 2,
+    /// An MPMC FabricQueue ([`crate::queue`]).
+    Queue = 3,
 }
 
 impl SegmentKind {
@@ -40,6 +42,7 @@ impl SegmentKind {
         match raw {
             1 => Some(SegmentKind::Raw),
             2 => Some(SegmentKind::EdgeLog),
+            3 => Some(SegmentKind::Queue),
             _ => None,
         }
     }

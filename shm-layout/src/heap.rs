@@ -5,6 +5,7 @@
 //! cells; the algorithm code they run is the production code.
 
 use crate::edge::{Edge, EdgeControl, EdgeParams, RingBytes};
+use crate::queue::{Queue, QueueControl, QueueParams};
 use crate::sync::{AtomicU64, Ordering, UnsafeCell};
 
 /// Ring bytes on the heap: one tracked cell per byte (under loom every
@@ -98,6 +99,33 @@ impl HeapEdge {
     /// Binds the algorithm to this log.
     pub fn edge(&self) -> Edge<'_, HeapRing> {
         Edge::new(&self.ctrl, &self.ring).expect("heap edge is consistent")
+    }
+}
+
+/// A FabricQueue on the heap.
+pub struct HeapQueue {
+    /// The control block.
+    pub ctrl: QueueControl,
+    /// The slots.
+    pub slots: HeapRing,
+}
+
+impl HeapQueue {
+    /// A queue of `capacity` slots of `stride` payload bytes.
+    ///
+    /// # Panics
+    /// If the parameters are out of range.
+    pub fn new(capacity: u64, stride: u64) -> HeapQueue {
+        let params = QueueParams::new(capacity, stride).expect("valid queue parameters");
+        HeapQueue {
+            slots: HeapRing::new(params.slots_len() as usize),
+            ctrl: QueueControl::new(params),
+        }
+    }
+
+    /// Binds the algorithm to this queue.
+    pub fn queue(&self) -> Queue<'_, HeapRing> {
+        Queue::new(&self.ctrl, &self.slots).expect("heap queue is consistent")
     }
 }
 

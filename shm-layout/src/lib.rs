@@ -12,11 +12,13 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+pub mod crash;
 pub mod edge;
 pub mod error;
 pub mod header;
 pub mod heap;
 pub mod mutant;
+pub mod queue;
 pub mod sync;
 pub mod wait;
 

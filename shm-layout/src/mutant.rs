@@ -30,6 +30,25 @@ pub enum Mutant {
     WaitSkipSleeperFence,
     /// A waker skips the `fence(SeqCst)` between publishing and checking waiters.
     WaitSkipWakerFence,
+    /// The queue publishes a record with `Relaxed` instead of `Release`.
+    QueuePublishRelaxed,
+    /// A consumer takes a record with a `Relaxed` CAS instead of `Acquire`.
+    QueueTakeRelaxed,
+    /// A consumer takes a record with a plain store instead of a CAS.
+    QueueTakePlainStore,
+    /// A consumer frees a slot with `Relaxed` instead of `Release`.
+    QueueFreeRelaxed,
+    /// A consumer frees a slot for the same lap instead of the next one
+    /// (a full slot then looks like an empty one of the previous lap).
+    QueueFreeSameLap,
+    /// A producer finding `tail`'s slot claimed gives up (`Full`) instead of
+    /// helping `tail` past it.
+    QueueSkipTailHelp,
+    /// Repair tombstones a claim with a plain store instead of a CAS.
+    QueueRepairPlainStore,
+    /// A producer whose `tail` CAS meets the seal at its own position
+    /// publishes anyway instead of tombing its claim.
+    QueueSkipSealBackout,
 }
 
 #[cfg(loom)]

@@ -1,4 +1,5 @@
-//! Loom models of the edge log and the wait protocol, as written.
+//! Loom models of the edge log, the FabricQueue and the wait protocol, as
+//! written.
 //!
 //! Run: `RUSTFLAGS="--cfg loom" cargo test -p grafos-shm-layout --release --test loom_models`
 #![cfg(loom)]
@@ -33,4 +34,44 @@ fn wait_no_lost_wakeup() {
 #[test]
 fn wait_any_no_lost_wakeup() {
     models::check(models::wait_any_no_lost_wakeup);
+}
+
+#[test]
+fn queue_two_producers_one_consumer() {
+    models::check(models::queue::two_producers_one_consumer);
+}
+
+#[test]
+fn queue_one_producer_two_consumers() {
+    models::check(models::queue::one_producer_two_consumers);
+}
+
+#[test]
+fn queue_wraparound() {
+    models::check(models::queue::wraparound);
+}
+
+#[test]
+fn queue_full_and_empty() {
+    models::check(models::queue::full_and_empty);
+}
+
+#[test]
+fn queue_help_past_a_stopped_claimer() {
+    models::check(models::queue::help_past_a_stopped_claimer);
+}
+
+#[test]
+fn queue_repair_races_a_late_publish() {
+    models::check(models::queue::repair_races_a_late_publish);
+}
+
+#[test]
+fn queue_seal_against_a_stale_tail() {
+    models::check(models::queue::seal_against_a_stale_tail);
+}
+
+#[test]
+fn queue_blocking_no_lost_wakeup() {
+    models::check(models::queue::blocking_no_lost_wakeup);
 }

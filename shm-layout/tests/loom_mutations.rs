@@ -112,3 +112,93 @@ fn wait_any_sleeper_without_fence_loses_wakeups() {
         "deadlock",
     );
 }
+
+#[test]
+fn queue_relaxed_publish_tears_records() {
+    must_fail(
+        Mutant::QueuePublishRelaxed,
+        models::queue::two_producers_one_consumer,
+        "records lost or torn",
+    );
+}
+
+#[test]
+fn queue_relaxed_take_tears_records() {
+    must_fail(
+        Mutant::QueueTakeRelaxed,
+        models::queue::two_producers_one_consumer,
+        "records lost or torn",
+    );
+}
+
+#[test]
+fn queue_plain_store_take_takes_a_record_twice() {
+    must_fail(
+        Mutant::QueueTakePlainStore,
+        models::queue::one_producer_two_consumers,
+        "record taken twice",
+    );
+}
+
+#[test]
+fn queue_relaxed_free_lets_the_producer_overwrite_a_read() {
+    must_fail(
+        Mutant::QueueFreeRelaxed,
+        models::queue::wraparound,
+        "Causality violation",
+    );
+}
+
+#[test]
+fn queue_same_lap_free_looks_full_forever() {
+    must_fail(
+        Mutant::QueueFreeSameLap,
+        models::queue::full_and_empty,
+        "deadlock",
+    );
+}
+
+#[test]
+fn queue_without_help_wedges_behind_a_stopped_claimer() {
+    must_fail(
+        Mutant::QueueSkipTailHelp,
+        models::queue::help_past_a_stopped_claimer,
+        "wedged behind a stopped claimer",
+    );
+}
+
+#[test]
+fn queue_plain_store_repair_loses_a_late_publish() {
+    must_fail(
+        Mutant::QueueRepairPlainStore,
+        models::queue::repair_races_a_late_publish,
+        "acknowledged record lost",
+    );
+}
+
+#[test]
+fn queue_without_backout_a_stale_producer_publishes_past_the_seal() {
+    must_fail(
+        Mutant::QueueSkipSealBackout,
+        models::queue::seal_against_a_stale_tail,
+        "lost by the seal",
+    );
+}
+
+#[test]
+fn queue_waker_without_fence_loses_wakeups() {
+    must_fail(
+        Mutant::WaitSkipWakerFence,
+        models::queue::blocking_no_lost_wakeup,
+        "deadlock",
+    );
+}
+
+#[test]
+fn queue_producer_waker_without_fence_loses_wakeups() {
+    must_fail(
+        Mutant::WaitSkipWakerFence,
+        models::queue::full_and_empty,
+        "deadlock",
+    );
+}

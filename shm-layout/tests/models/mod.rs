@@ -5,6 +5,8 @@
 //! capacities. `loom_models.rs` runs them as written (they must pass);
 //! `loom_mutations.rs` runs each with its aimed mutation (it must fail).
 
+pub mod queue;
+
 use grafos_shm_layout::edge::{Edge, EdgeError, ProducerCursor};
 use grafos_shm_layout::heap::{HeapEdge, HeapRing, LoomFutex};
 use grafos_shm_layout::sync::{AtomicU64, Ordering};
@@ -20,6 +22,40 @@ pub fn check(f: impl Fn() + Sync + Send + 'static) {
         builder.preemption_bound = Some(2);
     }
     builder.check(f);
+}
+
+/// A loom `Arc` held by a model's main thread, forgotten if that thread
+/// unwinds: loom reports a deadlock by panicking in the thread that blocked
+/// last, and dropping a loom object while unwinding would abort the whole
+/// test process instead of failing the model.
+pub struct Held<T>(Option<Arc<T>>);
+
+impl<T> Held<T> {
+    /// Holds `value`.
+    pub fn new(value: T) -> Held<T> {
+        Held(Some(Arc::new(value)))
+    }
+
+    /// Another handle for a spawned thread.
+    pub fn share(&self) -> Arc<T> {
+        Arc::clone(self.0.as_ref().expect("held until dropped"))
+    }
+}
+
+impl<T> std::ops::Deref for Held<T> {
+    type Target = T;
+
+    fn deref(&self) -> &T {
+        self.0.as_ref().expect("held until dropped")
+    }
+}
+
+impl<T> Drop for Held<T> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            std::mem::forget(self.0.take());
+        }
+    }
 }
 
 /// Pushes `data`, yielding while the ring is full.

@@ -1,0 +1,68 @@
+//! Crash-point injection (test builds): named places inside the
+//! algorithms where a test can kill or stop the process, to hit windows
+//! that random kills rarely reach.
+//!
+//! With the `crash-points` feature, each [`point`] calls the hook a test
+//! program installed with [`set_hook`] (none by default); without it,
+//! [`point`] compiles to nothing.
+
+/// A window inside an operation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CrashPoint {
+    /// A producer claimed its slot by CAS and has not advanced `tail`.
+    AfterSlotClaim,
+    /// A producer advanced `tail` (or was helped) and has not published.
+    AfterTailAdvance,
+    /// A consumer claimed a record for reading and has not advanced `head`.
+    AfterReadClaim,
+    /// A consumer has copied half of a record out.
+    MidCopy,
+}
+
+impl CrashPoint {
+    /// Every crash point.
+    pub const ALL: [CrashPoint; 4] = [
+        CrashPoint::AfterSlotClaim,
+        CrashPoint::AfterTailAdvance,
+        CrashPoint::AfterReadClaim,
+        CrashPoint::MidCopy,
+    ];
+
+    /// The point's name, as tests spell it on command lines.
+    pub fn name(self) -> &'static str {
+        match self {
+            CrashPoint::AfterSlotClaim => "after-slot-claim",
+            CrashPoint::AfterTailAdvance => "after-tail-advance",
+            CrashPoint::AfterReadClaim => "after-read-claim",
+            CrashPoint::MidCopy => "mid-copy",
+        }
+    }
+
+    /// The point named `name`.
+    pub fn from_name(name: &str) -> Option<CrashPoint> {
+        CrashPoint::ALL.into_iter().find(|p| p.name() == name)
+    }
+}
+
+#[cfg(feature = "crash-points")]
+static HOOK: std::sync::OnceLock<fn(CrashPoint)> = std::sync::OnceLock::new();
+
+/// Installs the process's crash hook (once; later calls are ignored).
+#[cfg(feature = "crash-points")]
+pub fn set_hook(hook: fn(CrashPoint)) {
+    let _ = HOOK.set(hook);
+}
+
+/// Reached a crash point: calls the hook, if any.
+#[cfg(feature = "crash-points")]
+#[inline]
+pub fn point(at: CrashPoint) {
+    if let Some(hook) = HOOK.get() {
+        hook(at);
+    }
+}
+
+/// Reached a crash point (nothing happens without `crash-points`).
+#[cfg(not(feature = "crash-points"))]
+#[inline(always)]
+pub fn point(_at: CrashPoint) {}
