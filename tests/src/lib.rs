@@ -36,6 +36,15 @@ pub struct OracleCounters {
     pub consumer_starts: AtomicU64,
     /// Times a producer started.
     pub producer_starts: AtomicU64,
+    /// Next seq to hand out (queue tests: producers share the seq space).
+    pub next_seq: AtomicU64,
+    /// Records seen more than once (queue tests: must stay zero).
+    pub duplicates: AtomicU64,
+    /// Set by the harness once every producer has exited.
+    pub producers_done: AtomicU64,
+    /// Times a peer reached its armed crash point and killed or stopped
+    /// itself there.
+    pub crash_hits: AtomicU64,
 }
 
 /// The mapped oracle file.
@@ -44,7 +53,8 @@ pub struct Oracle {
 }
 
 const BITMAP_WORDS: usize = (MAX_RECORDS / 64) as usize;
-const ORACLE_LEN: usize = size_of::<OracleCounters>() + BITMAP_WORDS * 8;
+/// Counters, then the seen bitmap, then the acknowledged bitmap.
+const ORACLE_LEN: usize = size_of::<OracleCounters>() + 2 * BITMAP_WORDS * 8;
 
 impl Oracle {
     /// Creates (zeroed) or opens the oracle at `path`.
@@ -68,28 +78,40 @@ impl Oracle {
         unsafe { &*self.map.as_ptr().cast::<OracleCounters>() }
     }
 
-    fn word(&self, seq: u64) -> &AtomicU64 {
+    fn word(&self, bitmap: usize, seq: u64) -> &AtomicU64 {
         assert!(seq < MAX_RECORDS, "seq {seq} beyond the oracle's bitmap");
-        // SAFETY: in bounds (checked above), 8-aligned, atomics.
+        // SAFETY: in bounds (seq checked above, bitmap is 0 or 1), 8-aligned,
+        // atomics.
         unsafe {
             &*self
                 .map
                 .as_ptr()
                 .add(size_of::<OracleCounters>())
                 .cast::<AtomicU64>()
-                .add((seq / 64) as usize)
+                .add(bitmap * BITMAP_WORDS + (seq / 64) as usize)
         }
     }
 
     /// Marks `seq` seen; returns whether it was seen before.
     pub fn mark_seen(&self, seq: u64) -> bool {
         let bit = 1 << (seq % 64);
-        self.word(seq).fetch_or(bit, Ordering::AcqRel) & bit != 0
+        self.word(0, seq).fetch_or(bit, Ordering::AcqRel) & bit != 0
     }
 
     /// Whether `seq` was seen.
     pub fn seen(&self, seq: u64) -> bool {
-        self.word(seq).load(Ordering::Acquire) & (1 << (seq % 64)) != 0
+        self.word(0, seq).load(Ordering::Acquire) & (1 << (seq % 64)) != 0
+    }
+
+    /// Marks `seq` acknowledged (its push returned Ok).
+    pub fn mark_acked(&self, seq: u64) {
+        self.word(1, seq)
+            .fetch_or(1 << (seq % 64), Ordering::AcqRel);
+    }
+
+    /// Whether `seq` was acknowledged.
+    pub fn acked(&self, seq: u64) -> bool {
+        self.word(1, seq).load(Ordering::Acquire) & (1 << (seq % 64)) != 0
     }
 }
 

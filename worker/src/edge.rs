@@ -24,21 +24,21 @@
 //! [`grafos_shm_layout::edge`]; this module maps it onto a segment and adds
 //! blocking, zero-copy loans, borrowing reads and typed records.
 
-use std::ptr::NonNull;
-use std::sync::atomic::AtomicU64;
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use grafos_shm_layout::edge::{
     CONTROL_SIZE, ConsumerCursor, Edge, EdgeControl, EdgeError, EdgeParams, Geometry,
-    ProducerCursor, RecordAt, Reservation, RingBytes,
+    ProducerCursor, RecordAt, Reservation,
 };
 use grafos_shm_layout::header::{Expect, SegmentKind, TypeDescriptor};
 
 use crate::error::{FabricError, Result};
 use crate::futex::LinuxFutex;
-use crate::process::ProcessId;
+use crate::mapped::MappedRing;
+use crate::mapped::deadline;
+use crate::process::{ProcessId, is_dead, me};
 use crate::segment::{Segment, SegmentName, SegmentSpec};
 
 /// Spins before a blocking call registers and sleeps.
@@ -70,55 +70,6 @@ impl Default for EdgeConfig {
             instance_token: 0,
             lease_id: 0,
         }
-    }
-}
-
-/// The ring of a mapped edge log.
-struct MappedRing {
-    base: NonNull<u8>,
-    len: u64,
-}
-
-// SAFETY: `read`/`write` copy exactly `off..off + n` of the mapping, which
-// the owning `Segment` keeps alive; callers guarantee the bounds.
-unsafe impl RingBytes for MappedRing {
-    fn len(&self) -> u64 {
-        self.len
-    }
-
-    unsafe fn header(&self, off: u64) -> &AtomicU64 {
-        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
-        // SAFETY: in bounds per the caller; the ring starts 128-aligned and
-        // `off` is 8-aligned, so the word is aligned; an AtomicU64 is valid
-        // for any bytes, and shared memory is only accessed through atomics
-        // or through bytes the edge protocol assigns to one side.
-        unsafe { &*self.base.as_ptr().add(off as usize).cast::<AtomicU64>() }
-    }
-
-    unsafe fn write(&self, off: u64, src: &[u8]) {
-        debug_assert!(off + src.len() as u64 <= self.len);
-        // SAFETY: in bounds per the caller; the edge protocol gives the
-        // producer these bytes exclusively.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                src.as_ptr(),
-                self.base.as_ptr().add(off as usize),
-                src.len(),
-            )
-        };
-    }
-
-    unsafe fn read(&self, off: u64, dst: &mut [u8]) {
-        debug_assert!(off + dst.len() as u64 <= self.len);
-        // SAFETY: in bounds per the caller; the producer does not write
-        // published, uncommitted bytes.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                self.base.as_ptr().add(off as usize),
-                dst.as_mut_ptr(),
-                dst.len(),
-            )
-        };
     }
 }
 
@@ -174,15 +125,6 @@ pub struct EdgePositions {
     pub committed: u64,
     /// Whether the log is sealed.
     pub sealed: bool,
-}
-
-fn me() -> u64 {
-    static ME: OnceLock<u64> = OnceLock::new();
-    *ME.get_or_init(|| ProcessId::current().pack())
-}
-
-fn is_dead(owner: u64) -> bool {
-    !ProcessId::unpack(owner).is_alive()
 }
 
 impl EdgeLog {
@@ -249,39 +191,16 @@ impl EdgeLog {
     /// `Layout` if the segment is not an edge log or its control block is
     /// inconsistent.
     pub fn from_segment(segment: Segment) -> Result<EdgeLog> {
-        let layout = |source| FabricError::Layout {
-            name: segment.name().to_string(),
-            source,
-        };
-        let kind = segment.fields().kind;
-        if kind != SegmentKind::EdgeLog as u32 {
-            return Err(layout(match SegmentKind::from_raw(kind) {
-                Some(found) => grafos_shm_layout::LayoutError::KindMismatch {
-                    found,
-                    expected: SegmentKind::EdgeLog,
-                },
-                None => grafos_shm_layout::LayoutError::Corrupt("unknown segment kind"),
-            }));
-        }
-        let ring_len = segment
-            .body_len()
-            .checked_sub(CONTROL_SIZE)
-            .ok_or_else(|| {
-                layout(grafos_shm_layout::LayoutError::TooSmall {
-                    size: segment.body_len(),
-                    needed: CONTROL_SIZE,
-                })
-            })?;
-        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked just
-        // above) and is 128-aligned.
+        let (base, ring_len) = segment.region_after(SegmentKind::EdgeLog, CONTROL_SIZE)?;
+        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked by
+        // `region_after`) and is 128-aligned.
         let ctrl = unsafe { &*segment.body().as_ptr().cast::<EdgeControl>() };
-        let geo = Geometry::validate(&ctrl.params(), ring_len).map_err(layout)?;
-        // SAFETY: CONTROL_SIZE < body_len, so the ring start is in bounds.
-        let base = unsafe { segment.body().add(CONTROL_SIZE as usize) };
-        let ring = MappedRing {
-            base,
-            len: geo.capacity,
-        };
+        let geo =
+            Geometry::validate(&ctrl.params(), ring_len).map_err(|source| FabricError::Layout {
+                name: segment.name().to_string(),
+                source,
+            })?;
+        let ring = MappedRing::new(base, geo.capacity);
         Ok(EdgeLog {
             inner: Arc::new(Inner { segment, geo, ring }),
         })
@@ -367,12 +286,6 @@ impl EdgeLog {
             owner: ProcessId::unpack(owner),
         }
     }
-}
-
-/// The deadline `timeout` from now; a timeout too large to represent
-/// (`Duration::MAX`, say) means no deadline.
-fn deadline(timeout: Option<Duration>) -> Option<Instant> {
-    timeout.and_then(|t| Instant::now().checked_add(t))
 }
 
 /// The producing end of an edge log.
@@ -525,7 +438,7 @@ impl Loan<'_> {
         // such slice at a time.
         unsafe {
             std::slice::from_raw_parts_mut(
-                ring.base
+                ring.base()
                     .as_ptr()
                     .add(reservation.record().payload_offset() as usize),
                 reservation.record().len() as usize,
@@ -600,7 +513,7 @@ impl EdgeConsumer {
         // which needs `&mut self`.
         let bytes = unsafe {
             std::slice::from_raw_parts(
-                ring.base.as_ptr().add(at.payload_offset() as usize),
+                ring.base().as_ptr().add(at.payload_offset() as usize),
                 at.len() as usize,
             )
         };

@@ -2,6 +2,7 @@
 
 use grafos_shm_layout::LayoutError;
 use grafos_shm_layout::edge::EdgeError;
+use grafos_shm_layout::queue::QueueError;
 
 /// What went wrong in a grafos library call.
 #[derive(Debug, thiserror::Error)]
@@ -63,6 +64,9 @@ pub enum FabricError {
     /// An edge log operation failed.
     #[error(transparent)]
     Edge(#[from] EdgeError),
+    /// A queue operation failed.
+    #[error(transparent)]
+    Queue(#[from] QueueError),
     /// A typed record does not have the size of its type.
     #[error("record of {found} bytes where {expected} were expected")]
     WrongSize {

@@ -1,6 +1,8 @@
 //! The library a grafos worker process links.
 //!
 //! * [`segment`]: POSIX shared-memory segments with a validated header.
+//! * [`collections::queue`]: the FabricQueue, a bounded MPMC work queue
+//!   whose claims survive their claimant's death.
 //! * [`edge`]: edge logs, the single-producer single-consumer queue with a
 //!   committed position (records survive a consumer crash).
 //! * [`futex`]: futex waits on words in shared memory.
@@ -13,9 +15,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+pub mod collections;
 pub mod edge;
 pub mod error;
 pub mod futex;
+mod mapped;
 pub mod process;
 pub mod segment;
 

@@ -1,6 +1,7 @@
 //! Process identities that survive pid reuse.
 
 use std::fmt;
+use std::sync::OnceLock;
 
 /// A process: its pid and its start time (clock ticks after boot), packed
 /// into a non-zero `u64` for role words in shared memory:
@@ -62,6 +63,18 @@ impl fmt::Display for ProcessId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "pid {} (started at tick {})", self.pid, self.start_time)
     }
+}
+
+/// The calling process's packed identity (cached), for role and holder
+/// words.
+pub(crate) fn me() -> u64 {
+    static ME: OnceLock<u64> = OnceLock::new();
+    *ME.get_or_init(|| ProcessId::current().pack())
+}
+
+/// Whether the process a packed identity names is gone.
+pub(crate) fn is_dead(owner: u64) -> bool {
+    !ProcessId::unpack(owner).is_alive()
 }
 
 /// State letter and start time from `/proc/PID/stat`.

@@ -326,6 +326,42 @@ impl Segment {
     pub fn body_len(&self) -> u64 {
         (self.map.len() - HEADER_SIZE) as u64
     }
+
+    /// Checks that the segment holds a structure of `kind` whose body
+    /// starts with a control block of `control` bytes; returns the region
+    /// after it and its length.
+    ///
+    /// # Errors
+    /// `Layout` (`KindMismatch`, `Corrupt` or `TooSmall`).
+    pub(crate) fn region_after(
+        &self,
+        kind: SegmentKind,
+        control: u64,
+    ) -> Result<(NonNull<u8>, u64)> {
+        let layout = |source| FabricError::Layout {
+            name: self.name.to_string(),
+            source,
+        };
+        let found = self.fields().kind;
+        if found != kind as u32 {
+            return Err(layout(match SegmentKind::from_raw(found) {
+                Some(found) => LayoutError::KindMismatch {
+                    found,
+                    expected: kind,
+                },
+                None => LayoutError::Corrupt("unknown segment kind"),
+            }));
+        }
+        let len = self.body_len().checked_sub(control).ok_or_else(|| {
+            layout(LayoutError::TooSmall {
+                size: self.body_len(),
+                needed: control,
+            })
+        })?;
+        // SAFETY: control <= body_len, so the region start is in bounds.
+        let start = unsafe { self.body().add(control as usize) };
+        Ok((start, len))
+    }
 }
 
 fn map(fd: &OwnedFd, len: u64, name: &SegmentName) -> Result<MmapRaw> {

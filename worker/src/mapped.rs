@@ -1,0 +1,77 @@
+//! Regions of mapped segments as the algorithms see them, and small
+//! helpers shared by the handles that run them.
+
+use std::ptr::NonNull;
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, Instant};
+
+use grafos_shm_layout::edge::RingBytes;
+
+/// The deadline `timeout` from now; a timeout too large to represent
+/// (`Duration::MAX`, say) means no deadline.
+pub(crate) fn deadline(timeout: Option<Duration>) -> Option<Instant> {
+    timeout.and_then(|t| Instant::now().checked_add(t))
+}
+
+/// A byte region inside a mapped segment (an edge log's ring, a queue's
+/// slots).
+pub(crate) struct MappedRing {
+    base: NonNull<u8>,
+    len: u64,
+}
+
+impl MappedRing {
+    /// The `len` bytes at `base`, which must stay mapped while this lives
+    /// (the owner keeps the `Segment` beside it).
+    pub(crate) fn new(base: NonNull<u8>, len: u64) -> MappedRing {
+        MappedRing { base, len }
+    }
+
+    /// Start of the region.
+    pub(crate) fn base(&self) -> NonNull<u8> {
+        self.base
+    }
+}
+
+// SAFETY: `read`/`write` copy exactly `off..off + n` of the mapping, which
+// the owning `Segment` keeps alive; callers guarantee the bounds.
+unsafe impl RingBytes for MappedRing {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    unsafe fn header(&self, off: u64) -> &AtomicU64 {
+        debug_assert!(off.is_multiple_of(8) && off + 8 <= self.len);
+        // SAFETY: in bounds per the caller; the ring starts 128-aligned and
+        // `off` is 8-aligned, so the word is aligned; an AtomicU64 is valid
+        // for any bytes, and shared memory is only accessed through atomics
+        // or through bytes the protocol assigns to one side.
+        unsafe { &*self.base.as_ptr().add(off as usize).cast::<AtomicU64>() }
+    }
+
+    unsafe fn write(&self, off: u64, src: &[u8]) {
+        debug_assert!(off + src.len() as u64 <= self.len);
+        // SAFETY: in bounds per the caller; the edge protocol gives the
+        // producer these bytes exclusively.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                src.as_ptr(),
+                self.base.as_ptr().add(off as usize),
+                src.len(),
+            )
+        };
+    }
+
+    unsafe fn read(&self, off: u64, dst: &mut [u8]) {
+        debug_assert!(off + dst.len() as u64 <= self.len);
+        // SAFETY: in bounds per the caller; the producer does not write
+        // published, uncommitted bytes.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.base.as_ptr().add(off as usize),
+                dst.as_mut_ptr(),
+                dst.len(),
+            )
+        };
+    }
+}
