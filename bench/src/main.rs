@@ -1,5 +1,5 @@
-//! Side-by-side benchmarks: grafos edge logs against crossbeam's
-//! `ArrayQueue`, a Unix socket pair, a pipe, a bare futex and iceoryx2,
+//! Side-by-side benchmarks: grafos edge logs and FabricQueues against
+//! crossbeam's `ArrayQueue` and bounded channel, a Unix socket pair, a pipe, a bare futex and iceoryx2,
 //! in one run, printing tables of medians.
 //!
 //! Two-process rows run the other side as a child process (this binary,
@@ -7,6 +7,7 @@
 //! Never more than two spinning threads at a time.
 
 mod iox;
+mod mpmc;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -35,6 +36,13 @@ struct Args {
     /// Skip the iceoryx2 rows.
     #[arg(long)]
     no_iceoryx2: bool,
+    /// Only the FabricQueue (MPMC) tables.
+    #[arg(long)]
+    mpmc_only: bool,
+    /// Record sizes for the throughput rows (repeat the flag; default 64,
+    /// 1024 and 65536).
+    #[arg(long = "size")]
+    sizes: Vec<usize>,
 }
 
 fn main() {
@@ -44,12 +52,28 @@ fn main() {
     }
     let args = Args::parse();
     let scale = if args.quick { 10 } else { 1 };
+    let sizes = if args.sizes.is_empty() {
+        SIZES.to_vec()
+    } else {
+        args.sizes.clone()
+    };
+    if let Some(bad) = sizes.iter().find(|s| !SIZES.contains(s)) {
+        eprintln!("--size {bad}: choose from {SIZES:?}");
+        std::process::exit(2);
+    }
     let runs = args.runs.max(1);
     println!(
         "fabric-bench: medians of {runs} runs; producer/ping side on CPU 0, consumer/pong side on CPU 1"
     );
     println!("(ratio columns: median of the per-run ratios)\n");
-    throughput_table(runs, scale, args.no_iceoryx2);
+    if !args.mpmc_only {
+        throughput_table(&sizes, runs, scale, args.no_iceoryx2);
+    }
+    mpmc::throughput_table(&sizes, runs, scale);
+    mpmc::blocking_table(runs, scale);
+    if args.mpmc_only {
+        return;
+    }
     latency_table(runs, scale, args.no_iceoryx2);
     blocking_table(runs, scale);
     iox::cleanup();
@@ -57,13 +81,13 @@ fn main() {
 
 // ---------------------------------------------------------------- helpers
 
-fn pin(cpu: usize) {
+pub(crate) fn pin(cpu: usize) {
     let mut set = rustix::thread::CpuSet::new();
     set.set(cpu);
     rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity");
 }
 
-fn median(mut values: Vec<f64>) -> f64 {
+pub(crate) fn median(mut values: Vec<f64>) -> f64 {
     values.sort_by(f64::total_cmp);
     values[values.len() / 2]
 }
@@ -72,12 +96,12 @@ fn percentile(sorted: &[u64], p: f64) -> u64 {
     sorted[((sorted.len() as f64 * p) as usize).min(sorted.len() - 1)]
 }
 
-fn self_exe() -> Command {
+pub(crate) fn self_exe() -> Command {
     Command::new(std::env::current_exe().expect("current exe"))
 }
 
 /// Runs `fabric-bench child ARGS`, returning its stdout.
-fn run_child(args: &[String], during: impl FnOnce()) -> String {
+pub(crate) fn run_child(args: &[String], during: impl FnOnce()) -> String {
     let mut child = self_exe()
         .arg("child")
         .args(args)
@@ -100,14 +124,14 @@ fn instance() -> String {
     format!("bench{}", std::process::id())
 }
 
-fn unique_segment(tag: &str) -> SegmentName {
+pub(crate) fn unique_segment(tag: &str) -> SegmentName {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     SegmentName::new(&instance(), &format!("{tag}{n}")).unwrap()
 }
 
 /// Unlinks a segment when dropped.
-struct Unlink(SegmentName);
+pub(crate) struct Unlink(SegmentName);
 
 impl Drop for Unlink {
     fn drop(&mut self) {
@@ -121,6 +145,9 @@ fn child(args: &[String]) -> i32 {
         "edge-consume" => edge_consume(&args[1], num(2), num(3) as usize),
         "edge-pong" => edge_pong(&args[1], &args[2], num(3), args[4] == "blocking"),
         "futex-pong" => futex_pong(&args[1], num(2)),
+        "queue-consume" => mpmc::queue_consume(&args[1], num(2), num(3) as usize),
+        "queue-block-produce" => mpmc::queue_block_produce(&args[1], &args[2], num(3)),
+        "queue-block-consume" => mpmc::queue_block_consume(&args[1], &args[2]),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }
@@ -129,9 +156,9 @@ fn child(args: &[String]) -> i32 {
 
 // ------------------------------------------------------------- throughput
 
-const SIZES: [usize; 3] = [64, 1024, 65536];
+pub(crate) const SIZES: [usize; 3] = [64, 1024, 65536];
 
-fn records_for(size: usize, scale: u64) -> u64 {
+pub(crate) fn records_for(size: usize, scale: u64) -> u64 {
     (match size {
         64 => 20_000_000,
         1024 => 4_000_000,
@@ -139,7 +166,7 @@ fn records_for(size: usize, scale: u64) -> u64 {
     }) / scale
 }
 
-fn ring_for(size: usize) -> u64 {
+pub(crate) fn ring_for(size: usize) -> u64 {
     (size as u64 * 64).max(1 << 20)
 }
 
@@ -205,7 +232,7 @@ fn edge_consume(object: &str, n: u64, size: usize) {
 }
 
 /// The parent's instance name, as seen from a child.
-fn instance_of_parent() -> String {
+pub(crate) fn instance_of_parent() -> String {
     format!("bench{}", std::os::unix::process::parent_id())
 }
 
@@ -248,7 +275,7 @@ fn crossbeam_throughput<const S: usize>(n: u64) -> f64 {
     n as f64 / consumer.join().unwrap().as_secs_f64()
 }
 
-fn crossbeam_sized(size: usize, n: u64) -> f64 {
+pub(crate) fn crossbeam_sized(size: usize, n: u64) -> f64 {
     match size {
         64 => crossbeam_throughput::<64>(n),
         1024 => crossbeam_throughput::<1024>(n),
@@ -314,13 +341,13 @@ fn pipe_throughput(size: usize, n: u64) -> f64 {
     n as f64 / reader.join().unwrap().as_secs_f64()
 }
 
-fn throughput_table(runs: usize, scale: u64, no_iceoryx2: bool) {
+fn throughput_table(sizes: &[usize], runs: usize, scale: u64, no_iceoryx2: bool) {
     println!("## Throughput, one producer and one consumer (M records/s)\n");
     println!(
         "| size | edge log (2 processes) | crossbeam ArrayQueue (2 threads) | Unix socket (2 threads) | pipe (2 threads) | iceoryx2 (2 processes) | edge / crossbeam | edge / socket |"
     );
     println!("|---|---|---|---|---|---|---|---|");
-    for size in SIZES {
+    for &size in sizes {
         let n = records_for(size, scale);
         let syscall_n = (n / 40).max(1000);
         let mut edge = Vec::new();

@@ -50,8 +50,10 @@ use crate::mapped::{MappedRing, deadline};
 use crate::process::{is_dead, me};
 use crate::segment::{Segment, SegmentName, SegmentSpec};
 
-/// Spins before a blocking call registers and sleeps.
+/// Spins before a blocking call yields.
 const WAIT_SPINS: u32 = 64;
+/// Yields (after spinning) before a blocking call registers and sleeps.
+const WAIT_YIELDS: u32 = 8;
 
 /// How long a blocked call sleeps before it checks whether the claim it
 /// waits behind belongs to a dead process.
@@ -415,6 +417,19 @@ impl FabricQueue {
     fn wait(&self, side: Side, deadline: Option<Instant>) -> Result<(), QueueError> {
         let q = self.queue();
         let who = self.me.waiter();
+        let blocker = || match side {
+            Side::Push => q.push_blocker(),
+            Side::Pop => q.pop_blocker(),
+        };
+        // Before sleeping, give the CPU to whoever may unblock us: with
+        // more processes than cores that is often quicker than a futex
+        // round trip (tens of microseconds on some machines).
+        for _ in 0..WAIT_YIELDS {
+            if !matches!(blocker(), Ok(Blocker::Idle(_) | Blocker::Claimed { .. })) {
+                return Ok(());
+            }
+            std::thread::yield_now();
+        }
         loop {
             let slice = Instant::now() + LIVENESS_PERIOD;
             let until = deadline.map_or(slice, |d| d.min(slice));
@@ -428,11 +443,7 @@ impl FabricQueue {
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(QueueError::TimedOut);
             }
-            let blocker = match side {
-                Side::Push => q.push_blocker()?,
-                Side::Pop => q.pop_blocker()?,
-            };
-            if let Blocker::Claimed { owner, .. } = blocker {
+            if let Blocker::Claimed { owner, .. } = blocker()? {
                 match q.repair_if_dead(me(), owner, is_dead, &LinuxFutex) {
                     Ok(true) => {
                         tracing::info!(
