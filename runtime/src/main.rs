@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 use grafos_worker::FabricError;
+use grafos_worker::collections::queue::FabricQueue;
 use grafos_worker::edge::EdgeLog;
 use grafos_worker::layout::header::{Expect, SegmentKind};
 use grafos_worker::segment::{Segment, SegmentName, list_segments, validate_instance};
@@ -33,7 +34,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// List the instance's segments with their kind, size, fence state and,
-    /// for edge logs, positions.
+    /// for edge logs and queues, positions and repair counts.
     ///
     /// Every header is validated; a segment that fails validation is listed
     /// with the reason instead of its fields.
@@ -90,6 +91,19 @@ fn describe(name: &SegmentName) -> Result<String, FabricError> {
             p.committed,
             p.tail.saturating_sub(p.committed),
             if p.sealed { " sealed" } else { "" }
+        )
+    } else if fields.kind == SegmentKind::Queue as u32 {
+        let q = FabricQueue::inspect(segment)?;
+        let c = q.counters;
+        format!(
+            "slots={} stride={}B depth={} participants={} repaired: claims={} reads={}{}",
+            q.capacity,
+            q.stride,
+            q.positions.depth(),
+            q.participants,
+            c.claims_repaired,
+            c.reads_repaired,
+            if q.positions.sealed { " sealed" } else { "" }
         )
     } else {
         String::new()

@@ -678,6 +678,16 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         }
     }
 
+    /// Participant entries in use.
+    pub fn participants(&self) -> usize {
+        self.ctrl
+            .participants
+            .0
+            .iter()
+            .filter(|e| e.holder.load(Ordering::Relaxed) != 0)
+            .count()
+    }
+
     /// Whether the queue is sealed.
     pub fn is_sealed(&self) -> bool {
         self.ctrl.tail.0.load(Ordering::Acquire) & CLOSED != 0

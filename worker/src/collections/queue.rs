@@ -87,6 +87,22 @@ impl QueueConfig {
     }
 }
 
+/// What [`FabricQueue::inspect`] reads.
+#[derive(Clone, Copy, Debug)]
+pub struct QueueSnapshot {
+    /// Number of slots.
+    pub capacity: u64,
+    /// Largest record in bytes.
+    pub stride: u64,
+    /// Shared positions.
+    pub positions: QueuePositions,
+    /// Event counters.
+    pub counters: QueueCounters,
+    /// Participant entries in use (live handles, and dead ones not yet
+    /// repaired).
+    pub participants: usize,
+}
+
 struct Inner {
     segment: Segment,
     geo: Geometry,
@@ -102,6 +118,26 @@ unsafe impl Send for Inner {}
 unsafe impl Sync for Inner {}
 
 impl Inner {
+    /// Validates a segment as a queue.
+    fn bind(segment: Segment) -> Result<Inner> {
+        let (base, slots_len) = segment.region_after(SegmentKind::Queue, CONTROL_SIZE)?;
+        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked by
+        // `region_after`) and is 128-aligned.
+        let ctrl = unsafe { &*segment.body().as_ptr().cast::<QueueControl>() };
+        let geo = Geometry::validate(&ctrl.params(), slots_len).map_err(|source| {
+            FabricError::Layout {
+                name: segment.name().to_string(),
+                source,
+            }
+        })?;
+        let slots = MappedRing::new(base, geo.capacity * geo.slot_size);
+        Ok(Inner {
+            segment,
+            geo,
+            slots,
+        })
+    }
+
     fn ctrl(&self) -> &QueueControl {
         // SAFETY: the body starts 256 bytes into a page-aligned mapping (so
         // 128-aligned) and holds at least CONTROL_SIZE bytes (checked when
@@ -186,28 +222,30 @@ impl FabricQueue {
         FabricQueue::from_segment(Segment::open(name, &expect)?)
     }
 
+    /// Reads a queue's shape, positions and counters without registering
+    /// as a participant (for status tools).
+    ///
+    /// # Errors
+    /// `Layout` if it is not a consistent queue.
+    pub fn inspect(segment: Segment) -> Result<QueueSnapshot> {
+        let inner = Inner::bind(segment)?;
+        let q = inner.queue();
+        Ok(QueueSnapshot {
+            capacity: inner.geo.capacity,
+            stride: inner.geo.stride,
+            positions: q.positions(),
+            counters: q.counters(),
+            participants: q.participants(),
+        })
+    }
+
     /// Binds an opened (validated) segment as a queue and registers with it.
     ///
     /// # Errors
     /// `Layout` if it is not a consistent queue; `Queue(TooManyParticipants)`
     /// if every participant entry is held by a live process.
     pub fn from_segment(segment: Segment) -> Result<FabricQueue> {
-        let (base, slots_len) = segment.region_after(SegmentKind::Queue, CONTROL_SIZE)?;
-        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked by
-        // `region_after`) and is 128-aligned.
-        let ctrl = unsafe { &*segment.body().as_ptr().cast::<QueueControl>() };
-        let geo = Geometry::validate(&ctrl.params(), slots_len).map_err(|source| {
-            FabricError::Layout {
-                name: segment.name().to_string(),
-                source,
-            }
-        })?;
-        let slots = MappedRing::new(base, geo.capacity * geo.slot_size);
-        FabricQueue::attach(Arc::new(Inner {
-            segment,
-            geo,
-            slots,
-        }))
+        FabricQueue::attach(Arc::new(Inner::bind(segment)?))
     }
 
     fn attach(inner: Arc<Inner>) -> Result<FabricQueue> {
