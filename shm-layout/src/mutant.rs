@@ -44,8 +44,14 @@ pub enum Mutant {
     /// A producer finding `tail`'s slot claimed gives up (`Full`) instead of
     /// helping `tail` past it.
     QueueSkipTailHelp,
+    /// A producer finding `tail`'s slot a lap ahead (its claim repaired and
+    /// skipped before `tail` moved) does not help `tail` past it.
+    QueueSkipLapAheadHelp,
     /// Repair tombstones a claim with a plain store instead of a CAS.
     QueueRepairPlainStore,
+    /// A seal moves `tail` past a WRITING claim at the sealed end without
+    /// tombing it.
+    QueueSealSkipEndTomb,
     /// A producer whose `tail` CAS meets the seal at its own position
     /// publishes anyway instead of tombing its claim.
     QueueSkipSealBackout,

@@ -174,6 +174,8 @@ pub enum QueueError {
     TooManyParticipants,
     /// A live process holds the repair lock; try again later.
     RepairBusy,
+    /// The participant to repair is alive.
+    Alive,
     /// A blocking call ran past its deadline.
     TimedOut,
     /// The shared bytes are inconsistent (scribbled on).
@@ -201,6 +203,7 @@ impl std::fmt::Display for QueueError {
                 "all {MAX_PARTICIPANTS} participant entries are held by live processes"
             ),
             QueueError::RepairBusy => write!(f, "another live process is repairing the queue"),
+            QueueError::Alive => write!(f, "the participant to repair is alive"),
             QueueError::TimedOut => write!(f, "timed out"),
             QueueError::Corrupt(what) => write!(f, "queue corrupt: {what}"),
         }
@@ -774,6 +777,19 @@ impl<'a, M: RingBytes> Queue<'a, M> {
                 if self.cas_tail(tail, tail + 1) {
                     Self::count(&self.ctrl.counters.0.tail_helps, 1);
                 }
+            } else if s.lap == lap.wrapping_add(1) {
+                // `tail`'s position was claimed and is already done with:
+                // a dead claimer's slot, tombed by repair and skipped by a
+                // consumer before anyone helped `tail` past it. Help.
+                if mutant::active(Mutant::QueueSkipLapAheadHelp) {
+                    let now = self.ctrl.tail.0.load(Ordering::Relaxed);
+                    stale.observe(now == tail)?;
+                    tail = now;
+                    continue;
+                }
+                if self.cas_tail(tail, tail + 1) {
+                    Self::count(&self.ctrl.counters.0.tail_helps, 1);
+                }
             } else if s.lap == lap.wrapping_sub(1) {
                 // The slot still holds the previous lap: full, unless
                 // `tail` moved on meanwhile.
@@ -1003,6 +1019,9 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         let mut head = self.ctrl.head.0.load(Ordering::Relaxed);
         let mut stale = StaleGuard::default();
         loop {
+            if head >= MAX_POSITION {
+                return Err(QueueError::Corrupt("head past the largest position"));
+            }
             let (index, lap) = self.geo.split(head);
             let (state, len_word, offset) = self.slot(index);
             // Relaxed: the claiming CAS below (Acquire) is what
@@ -1202,6 +1221,9 @@ impl<'a, M: RingBytes> Queue<'a, M> {
     /// `Corrupt`.
     pub fn pop_blocker(&self) -> Result<Blocker, QueueError> {
         let head = self.ctrl.head.0.load(Ordering::Acquire);
+        if head >= MAX_POSITION {
+            return Ok(Blocker::None);
+        }
         let (index, lap) = self.geo.split(head);
         let (state, _, _) = self.slot(index);
         let word = state.load(Ordering::Acquire);
@@ -1249,7 +1271,10 @@ impl<'a, M: RingBytes> Queue<'a, M> {
     /// # Errors
     /// `Corrupt`.
     pub fn seal<F: Futex + ?Sized>(&self, futex: &F) -> Result<u64, QueueError> {
-        // AcqRel: orders the CLOSED bit before the slot inspections below.
+        // Every claim's `tail` CAS and this RMW are ordered in `tail`'s
+        // modification order: a claim whose CAS comes later fails (or backs
+        // out, see `advance_tail`); one that came earlier left its slot
+        // below the end, where the WRITING scan finds it.
         let prev = self.ctrl.tail.0.fetch_or(CLOSED, Ordering::AcqRel);
         let end = prev & !CLOSED;
         if end >= MAX_POSITION {
@@ -1267,8 +1292,13 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         Ok(self.ctrl.tail.0.load(Ordering::Acquire) & !CLOSED)
     }
 
-    /// Handles the slot at the sealed end, which a producer that read
-    /// `tail` before the seal may claim.
+    /// Handles the slot at the sealed end `e`, which a producer that read
+    /// `tail` before the seal may hold or still claim. A consumer may
+    /// already have concluded `Sealed` at `e` (its `head` reached the
+    /// sealed `tail`), so nothing at `e` may be published from now on: a
+    /// FREE or WRITING slot there becomes a TOMB before `tail` moves past
+    /// it. (Nothing there is READY: a producer publishes only after its
+    /// `tail` CAS, or someone's help, moved `tail` past its slot.)
     fn close_end(&self, end: u64) -> Result<(), QueueError> {
         let (index, lap) = self.geo.split(end);
         let (state, _, _) = self.slot(index);
@@ -1281,8 +1311,10 @@ impl<'a, M: RingBytes> Queue<'a, M> {
                 // and tombs its claim itself.
                 return Ok(());
             }
-            if s.tag == Tag::Free {
+            let skip = s.tag == Tag::Writing && mutant::active(Mutant::QueueSealSkipEndTomb);
+            if matches!(s.tag, Tag::Free | Tag::Writing) && !skip {
                 let tomb = State::new(lap, Tag::Tomb, 0).word();
+                // Release: as in `abandon`.
                 if state
                     .compare_exchange(word, tomb, Ordering::Release, Ordering::Relaxed)
                     .is_err()
@@ -1291,9 +1323,6 @@ impl<'a, M: RingBytes> Queue<'a, M> {
                 }
                 Self::count(&self.ctrl.counters.0.seal_tombs, 1);
             }
-            // Tombed just now, or claimed before the seal with `tail` not
-            // advanced yet (its WRITING state is tombed by the caller
-            // unless published): move `tail` past it.
             let _ = self.ctrl.tail.0.compare_exchange(
                 end | CLOSED,
                 (end + 1) | CLOSED,
@@ -1466,20 +1495,28 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         for index in 0..MAX_PARTICIPANTS {
             let entry = &self.ctrl.participants.0[index];
             let holder = entry.holder.load(Ordering::Acquire);
-            if holder != 0 && holder != token && is_dead(holder) {
-                report += self.repair_entry(index, holder, futex)?;
+            if holder == 0 || holder == token || !is_dead(holder) {
+                continue;
+            }
+            // The incarnation is the dead holder's if the holder is still
+            // there after reading it (attach sets the holder first).
+            let inc = entry.incarnation.load(Ordering::Acquire);
+            if entry.holder.load(Ordering::Acquire) == holder {
+                report += self.repair_entry(index, holder, inc, futex)?;
             }
         }
         Ok(report)
     }
 
-    /// Repairs incarnation `dead` (its process known dead, or killed),
-    /// under the repair lock: its unpublished claims become tombstones, its
-    /// unfinished reads are freed, its entry and waiter registrations are
-    /// cleared, sleepers are woken. Idempotent.
+    /// Repairs incarnation `dead` (its process killed), under the repair
+    /// lock: its unpublished claims become tombstones, its unfinished reads
+    /// are freed, its entry and waiter registrations are cleared, sleepers
+    /// are woken. Idempotent.
     ///
     /// # Errors
-    /// `RepairBusy` if a live process holds the lock; `Corrupt`.
+    /// `Alive` if the participant's holder is not dead (repairing it would
+    /// free slots it may still be writing or reading); `RepairBusy` if a
+    /// live process holds the lock; `Corrupt`.
     pub fn repair<F: Futex + ?Sized>(
         &self,
         token: u64,
@@ -1499,7 +1536,10 @@ impl<'a, M: RingBytes> Queue<'a, M> {
                 let holder = self.ctrl.participants.0[index]
                     .holder
                     .load(Ordering::Acquire);
-                self.repair_entry(index, holder, futex)
+                if holder != 0 && !is_dead(holder) {
+                    return Err(QueueError::Alive);
+                }
+                self.repair_entry(index, holder, u64::from(dead.0), futex)
             }
             None => self.repair_incarnation(dead.0, futex),
         }
@@ -1525,25 +1565,29 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         if holder.is_some_and(|h| h == 0 || !is_dead(h)) {
             return Ok(false);
         }
-        self.repair(token, owner, is_dead, futex)?;
-        Ok(true)
+        match self.repair(token, owner, is_dead, futex) {
+            Ok(_) => Ok(true),
+            // The incarnation's entry changed hands meanwhile.
+            Err(QueueError::Alive) => Ok(false),
+            Err(e) => Err(e),
+        }
     }
 
+    /// Repairs incarnation `inc`, which entry `index` held for `holder`,
+    /// and frees the entry if it still holds them (it may have been freed
+    /// and taken again meanwhile: then only `inc`'s claims are repaired).
     fn repair_entry<F: Futex + ?Sized>(
         &self,
         index: usize,
         holder: u64,
+        inc: u64,
         futex: &F,
     ) -> Result<RepairReport, QueueError> {
         let entry = &self.ctrl.participants.0[index];
-        let inc = entry.incarnation.load(Ordering::Acquire);
         let mut report = RepairReport::default();
         if inc != 0 && inc <= OWNER_MASK {
             report = self.repair_incarnation(inc as u32, futex)?;
         }
-        let waiter = Waiter::slot(index as u32);
-        self.ctrl.data_wait.0.clear(waiter);
-        self.ctrl.space_wait.0.clear(waiter);
         // The incarnation is released only after its claims are repaired,
         // so it cannot be handed out while one may remain.
         if entry
@@ -1551,6 +1595,9 @@ impl<'a, M: RingBytes> Queue<'a, M> {
             .compare_exchange(inc, 0, Ordering::AcqRel, Ordering::Relaxed)
             .is_ok()
         {
+            let waiter = Waiter::slot(index as u32);
+            self.ctrl.data_wait.0.clear(waiter);
+            self.ctrl.space_wait.0.clear(waiter);
             let _ = entry
                 .holder
                 .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
@@ -1586,7 +1633,9 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         let lock = &self.ctrl.admin.0.repair_lock;
         let mut current = lock.load(Ordering::Acquire);
         loop {
-            if current != 0 && current != token && !is_dead(current) {
+            // Held by this very process (another thread) counts as busy:
+            // two repairers must not walk the participant table at once.
+            if current != 0 && (current == token || !is_dead(current)) {
                 return Err(QueueError::RepairBusy);
             }
             // AcqRel: the Acquire half sees what the previous holder
@@ -1607,8 +1656,12 @@ struct StaleGuard(u32);
 
 impl StaleGuard {
     /// Consecutive unchanged sightings tolerated (a racing update becomes
-    /// visible long before).
+    /// visible long before; loom models, which yield on every spin, see
+    /// their updates within a few).
+    #[cfg(not(loom))]
     const LIMIT: u32 = 1 << 16;
+    #[cfg(loom)]
+    const LIMIT: u32 = 4;
 
     fn observe(&mut self, unchanged: bool) -> Result<(), QueueError> {
         if !unchanged {
@@ -1732,7 +1785,13 @@ mod tests {
         let c = q.attach(12, ALIVE, &NoFutex).unwrap();
         let claim = q.try_claim(p.incarnation(), 1, &NoFutex).unwrap();
         q.try_push(c.incarnation(), b"after", &NoFutex).unwrap();
-        let report = q.repair(99, p.incarnation(), ALIVE, &NoFutex).unwrap();
+        assert_eq!(
+            q.repair(99, p.incarnation(), ALIVE, &NoFutex),
+            Err(QueueError::Alive),
+            "a live participant is not repaired"
+        );
+        let dead = |t: u64| t == 11;
+        let report = q.repair(99, p.incarnation(), dead, &NoFutex).unwrap();
         assert_eq!(report.claims_tombed, 1);
         assert_eq!(report.reads_freed, 0);
         q.fill(&claim, b"z");
@@ -1746,7 +1805,7 @@ mod tests {
         assert_eq!(counters.claims_repaired, 1);
         assert_eq!(counters.late_publishes, 1);
         // Idempotent: a second repair finds nothing.
-        let again = q.repair(99, p.incarnation(), ALIVE, &NoFutex).unwrap();
+        let again = q.repair(99, p.incarnation(), dead, &NoFutex).unwrap();
         assert_eq!((again.claims_tombed, again.reads_freed), (0, 0));
     }
 
@@ -1858,6 +1917,11 @@ mod tests {
             q.repair(1, inc(3), ALIVE, &NoFutex),
             Err(QueueError::RepairBusy)
         );
+        assert_eq!(
+            q.repair(42, inc(3), ALIVE, &NoFutex),
+            Err(QueueError::RepairBusy),
+            "another thread of the holder's own process waits too"
+        );
         assert!(q.repair(1, inc(3), |t| t == 42, &NoFutex).is_ok());
         assert_eq!(h.ctrl.admin.0.repair_lock.load(Ordering::Relaxed), 0);
     }
@@ -1967,7 +2031,7 @@ mod tests {
         #[test]
         fn scribbled_slots_give_errors_not_panics(
             words in proptest::collection::vec(any::<u64>(), 12),
-            head in 0u64..100,
+            head in prop_oneof![0u64..100, any::<u64>()],
         ) {
             let h = HeapQueue::new(3, 24);
             let q = h.queue();
@@ -1976,13 +2040,15 @@ mod tests {
                 unsafe { h.slots.header(i as u64 * 8) }.store(*w, Ordering::Relaxed);
             }
             h.ctrl.head.0.store(head, Ordering::Relaxed);
-            h.ctrl.tail.0.store(head + 1, Ordering::Relaxed);
+            h.ctrl.tail.0.store(head.wrapping_add(1), Ordering::Relaxed);
             if let Ok(Some(taken)) = q.try_take(inc(1), &NoFutex) {
                 prop_assert!(taken.len() <= 24);
                 let mut buf = vec![0; taken.len() as usize];
                 q.copy_out(&taken, &mut buf);
                 let _ = q.release(taken);
             }
+            let _ = q.pop_blocker();
+            let _ = q.push_blocker();
             let _ = q.try_push(inc(2), b"x", &NoFutex);
             let _ = q.seal(&NoFutex);
             let _ = q.repair(5, inc(1), ALIVE, &NoFutex);

@@ -75,3 +75,13 @@ fn queue_seal_against_a_stale_tail() {
 fn queue_blocking_no_lost_wakeup() {
     models::check(models::queue::blocking_no_lost_wakeup);
 }
+
+#[test]
+fn queue_help_past_a_repaired_claim() {
+    models::check(models::queue::help_past_a_repaired_claim);
+}
+
+#[test]
+fn queue_seal_while_draining() {
+    models::check_with_preemptions(3, models::queue::seal_while_draining);
+}

@@ -14,9 +14,14 @@ use grafos_shm_layout::mutant::{self, Mutant};
 static SERIAL: Mutex<()> = Mutex::new(());
 
 fn must_fail(mutant: Mutant, model: fn(), expected: &str) {
+    must_fail_within(2, mutant, model, expected);
+}
+
+/// As `must_fail`, exploring at least `preemptions` preemptions.
+fn must_fail_within(preemptions: usize, mutant: Mutant, model: fn(), expected: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     mutant::set(mutant);
-    let outcome = std::panic::catch_unwind(|| models::check(model));
+    let outcome = std::panic::catch_unwind(|| models::check_with_preemptions(preemptions, model));
     mutant::set(Mutant::None);
     let payload = outcome.expect_err(&format!(
         "model passed with {mutant:?}: the mutation went unnoticed"
@@ -200,5 +205,24 @@ fn queue_producer_waker_without_fence_loses_wakeups() {
         Mutant::WaitSkipWakerFence,
         models::queue::full_and_empty,
         "deadlock",
+    );
+}
+
+#[test]
+fn queue_without_lap_ahead_help_wedges_behind_a_repaired_claim() {
+    must_fail(
+        Mutant::QueueSkipLapAheadHelp,
+        models::queue::help_past_a_repaired_claim,
+        "wedged behind a repaired claim",
+    );
+}
+
+#[test]
+fn queue_seal_that_passes_a_claim_at_the_end_misses_its_record() {
+    must_fail_within(
+        3,
+        Mutant::QueueSealSkipEndTomb,
+        models::queue::seal_while_draining,
+        "missed by the drain",
     );
 }

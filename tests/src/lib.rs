@@ -53,8 +53,11 @@ pub struct Oracle {
 }
 
 const BITMAP_WORDS: usize = (MAX_RECORDS / 64) as usize;
-/// Counters, then the seen bitmap, then the acknowledged bitmap.
-const ORACLE_LEN: usize = size_of::<OracleCounters>() + 2 * BITMAP_WORDS * 8;
+/// Consumer starts whose record in hand the oracle can track.
+pub const MAX_CONSUMER_STARTS: u64 = 4096;
+/// Counters, the seen bitmap, the acknowledged bitmap, the records in hand.
+const ORACLE_LEN: usize =
+    size_of::<OracleCounters>() + 2 * BITMAP_WORDS * 8 + MAX_CONSUMER_STARTS as usize * 8;
 
 impl Oracle {
     /// Creates (zeroed) or opens the oracle at `path`.
@@ -107,6 +110,32 @@ impl Oracle {
     pub fn mark_acked(&self, seq: u64) {
         self.word(1, seq)
             .fetch_or(1 << (seq % 64), Ordering::AcqRel);
+    }
+
+    fn hand(&self, consumer: u64) -> &AtomicU64 {
+        assert!(consumer < MAX_CONSUMER_STARTS, "too many consumer starts");
+        // SAFETY: in bounds (checked above), 8-aligned (after the counters
+        // and two bitmaps of u64 words), atomics.
+        unsafe {
+            &*self
+                .map
+                .as_ptr()
+                .add(size_of::<OracleCounters>() + 2 * BITMAP_WORDS * 8)
+                .cast::<AtomicU64>()
+                .add(consumer as usize)
+        }
+    }
+
+    /// Records that consumer start `consumer` holds record `seq` (taken
+    /// from the queue, not yet released), or nothing (`None`).
+    pub fn set_in_hand(&self, consumer: u64, seq: Option<u64>) {
+        self.hand(consumer)
+            .store(seq.map_or(0, |s| s + 1), Ordering::Release);
+    }
+
+    /// The record consumer start `consumer` held when it last said so.
+    pub fn in_hand(&self, consumer: u64) -> Option<u64> {
+        self.hand(consumer).load(Ordering::Acquire).checked_sub(1)
     }
 
     /// Whether `seq` was acknowledged.

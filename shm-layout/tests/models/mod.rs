@@ -24,6 +24,14 @@ pub fn check(f: impl Fn() + Sync + Send + 'static) {
     builder.check(f);
 }
 
+/// Runs `f` under loom with at least `bound` preemptions (for a model whose
+/// race needs more than the default).
+pub fn check_with_preemptions(bound: usize, f: impl Fn() + Sync + Send + 'static) {
+    let mut builder = loom::model::Builder::new();
+    builder.preemption_bound = Some(builder.preemption_bound.unwrap_or(0).max(bound));
+    builder.check(f);
+}
+
 /// A loom `Arc` held by a model's main thread, forgotten if that thread
 /// unwinds: loom reports a deadlock by panicking in the thread that blocked
 /// last, and dropping a loom object while unwinding would abort the whole

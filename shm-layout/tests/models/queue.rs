@@ -6,6 +6,7 @@
 
 use grafos_shm_layout::heap::{HeapQueue, HeapRing, LoomFutex};
 use grafos_shm_layout::queue::{Incarnation, Queue, QueueError};
+use grafos_shm_layout::sync::{AtomicU64, Ordering};
 use grafos_shm_layout::wait::Waiter;
 use loom::sync::Arc;
 
@@ -179,6 +180,45 @@ pub fn help_past_a_stopped_claimer() {
     );
 }
 
+/// A producer dies between its slot CAS and its `tail` CAS; repair tombs
+/// its claim; a consumer skips the tomb while another producer pushes: the
+/// push must get past the position (whose slot may already show the next
+/// lap) instead of wedging.
+pub fn help_past_a_repaired_claim() {
+    let heap = Arc::new(HeapQueue::new(2, 8));
+    let futex = Arc::new(LoomFutex::default());
+    // Set once the consumer has skipped the tomb. The producer reads it
+    // once (it never waits on it): when it reads true, the skip happened
+    // before its push, the case where the slot at `tail` is a lap ahead.
+    let skipped = Arc::new(AtomicU64::new(0));
+    {
+        let q = heap.queue();
+        drop(q.claim_slot(inc(1), 1).unwrap());
+        q.repair(100, inc(1), |_| true, &*futex).unwrap();
+    }
+    let consumer = {
+        let (heap, futex, skipped) = (heap.clone(), futex.clone(), skipped.clone());
+        thread::spawn(move || {
+            let popped = heap.queue().try_pop(inc(3), &*futex).unwrap();
+            skipped.store(1, Ordering::Release);
+            popped
+        })
+    };
+    let after_skip = skipped.load(Ordering::Acquire) == 1;
+    let pushed = heap.queue().try_push(inc(2), &[2], &*futex);
+    let early = consumer.join().unwrap();
+    assert!(
+        pushed.is_ok(),
+        "producer wedged behind a repaired claim (pushing after the skip: {after_skip}): {pushed:?}"
+    );
+    let late = heap.queue().try_pop(inc(3), &*futex).unwrap();
+    assert_eq!(
+        early.or(late),
+        Some(vec![2]),
+        "the record after the tomb is delivered"
+    );
+}
+
 /// Repair of a producer judged dead races its (late) publish: either the
 /// publish wins and the record is delivered, or the repair wins and the
 /// publish reports `ClaimRepaired`. Never Ok and lost.
@@ -241,6 +281,46 @@ pub fn seal_against_a_stale_tail() {
             "acknowledged record lost by the seal"
         ),
         Err(e) => assert!(matches!(e, QueueError::Sealed | QueueError::Full), "{e}"),
+    }
+}
+
+/// A queue is sealed while a producer pushes and a consumer drains until
+/// `Sealed` at the same time: a push that returns Ok must be drained. The
+/// consumer may reach the sealed end while the producer's claim sits there
+/// unpublished; the seal must kill that claim, not move `tail` past it.
+/// (Needs three preemptions: run with `check_with_preemptions(3, ..)`.)
+pub fn seal_while_draining() {
+    let heap = Held::new(HeapQueue::new(1, 8));
+    let futex = Held::new(LoomFutex::default());
+    let producer = {
+        let (heap, futex) = (heap.share(), futex.share());
+        thread::spawn(move || heap.queue().try_push(inc(1), &[1], &*futex))
+    };
+    let sealer = {
+        let (heap, futex) = (heap.share(), futex.share());
+        thread::spawn(move || heap.queue().seal(&*futex).unwrap())
+    };
+    let q = heap.queue();
+    let mut drained = Vec::new();
+    loop {
+        match pop_blocking(&q, inc(2), &futex) {
+            Ok(r) => drained.push(r),
+            Err(QueueError::Sealed) => break,
+            Err(e) => panic!("pop failed: {e}"),
+        }
+    }
+    let pushed = producer.join().unwrap();
+    sealer.join().unwrap();
+    match pushed {
+        Ok(_) => assert_eq!(
+            drained,
+            vec![vec![1]],
+            "acknowledged record missed by the drain"
+        ),
+        Err(e) => {
+            assert_eq!(e, QueueError::Sealed);
+            assert!(drained.is_empty(), "a failed push was delivered");
+        }
     }
 }
 

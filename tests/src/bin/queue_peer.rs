@@ -6,8 +6,10 @@
 //! Producers take seqs from the oracle's shared counter and push
 //! checksummed records, marking each acknowledged only after its push
 //! returned Ok. Consumers pop records in place, check their checksums,
-//! copy them out and mark them seen *before* releasing the slot, so a
-//! record lost with a killed consumer is one the queue's repair counted.
+//! copy them out, note them in hand and mark them seen *before* releasing
+//! the slot, so a record lost with a killed consumer is one the queue's
+//! repair counted, and a record seen by a consumer killed before its
+//! release is known.
 //!
 //! `--crash POINT:HIT` SIGKILLs the process the HIT-th time it reaches the
 //! crash point named POINT (`after-slot-claim`, `after-tail-advance`,
@@ -131,7 +133,7 @@ fn produce(queue: &FabricQueue, oracle: &Oracle, budget: u64) -> ExitCode {
 
 fn consume(queue: &FabricQueue, oracle: &Oracle, budget: u64) -> ExitCode {
     let counters = oracle.counters();
-    counters.consumer_starts.fetch_add(1, Ordering::Relaxed);
+    let me = counters.consumer_starts.fetch_add(1, Ordering::AcqRel);
     let mut taken = 0;
     while taken < budget {
         if counters.producers_done.load(Ordering::Acquire) != 0 && queue.depth() == 0 {
@@ -153,11 +155,16 @@ fn consume(queue: &FabricQueue, oracle: &Oracle, budget: u64) -> ExitCode {
             eprintln!("damaged record at position {}", guard.position());
             return ExitCode::from(3);
         };
+        // Noted in hand while it is marked seen, before the slot is
+        // released: a kill in that window leaves the seq here for the
+        // harness (a seen record whose slot is a repaired read).
+        oracle.set_in_hand(me, Some(seq));
         if oracle.mark_seen(seq) {
             counters.duplicates.fetch_add(1, Ordering::Relaxed);
         } else {
             counters.distinct.fetch_add(1, Ordering::AcqRel);
         }
+        oracle.set_in_hand(me, None);
         if let Err(e) = guard.finish() {
             eprintln!("release of {seq} failed: {e}");
             return ExitCode::from(4);

@@ -20,8 +20,9 @@
 //! owner of its claims. A handle is `Send` but not `Sync`: one thread uses
 //! it at a time; [`FabricQueue::try_clone`] registers another for another
 //! thread. A handle blocked behind a claim whose process died repairs that
-//! claim itself (checking every [`LIVENESS_PERIOD`]), so the queue moves on
-//! without a supervisor.
+//! claim itself (checking every [`LIVENESS_PERIOD`]), and every handle that
+//! opens the queue first repairs the participants that died, so the queue
+//! moves on without a supervisor.
 //!
 //! Pop is at-most-once: a record taken by a consumer that dies before
 //! releasing it is dropped (and counted in `reads_repaired`). For
@@ -58,6 +59,10 @@ const WAIT_YIELDS: u32 = 8;
 /// How long a blocked call sleeps before it checks whether the claim it
 /// waits behind belongs to a dead process.
 pub const LIVENESS_PERIOD: Duration = Duration::from_millis(10);
+
+/// Liveness periods between sweeps for every dead participant (about a
+/// second of blocking).
+const SWEEP_SLICES: u32 = 100;
 
 /// How to create a queue.
 #[derive(Clone, Copy, Debug)]
@@ -147,6 +152,27 @@ impl Inner {
 
     fn queue(&self) -> Queue<'_, MappedRing> {
         Queue::with_geometry(self.ctrl(), &self.slots, self.geo)
+    }
+
+    /// Repairs every participant whose process is dead, unless another
+    /// live process is repairing already.
+    fn sweep(&self) -> Result<(), QueueError> {
+        match self.queue().repair_dead(me(), is_dead, &LinuxFutex) {
+            Ok(report) => {
+                if report.incarnations > 0 {
+                    tracing::info!(
+                        queue = %self.segment.name(),
+                        incarnations = report.incarnations,
+                        claims = report.claims_tombed,
+                        reads = report.reads_freed,
+                        "repaired dead participants"
+                    );
+                }
+                Ok(())
+            }
+            Err(QueueError::RepairBusy) => Ok(()),
+            Err(e) => Err(e),
+        }
     }
 }
 
@@ -249,6 +275,9 @@ impl FabricQueue {
     }
 
     fn attach(inner: Arc<Inner>) -> Result<FabricQueue> {
+        // Whoever comes in cleans up after whoever died: a restarted peer
+        // repairs its dead predecessor's claims and registrations at once.
+        inner.sweep()?;
         let me = inner.queue().attach(me(), is_dead, &LinuxFutex)?;
         Ok(FabricQueue {
             inner,
@@ -468,6 +497,7 @@ impl FabricQueue {
             }
             std::thread::yield_now();
         }
+        let mut slices = 0u32;
         loop {
             let slice = Instant::now() + LIVENESS_PERIOD;
             let until = deadline.map_or(slice, |d| d.min(slice));
@@ -480,6 +510,13 @@ impl FabricQueue {
             }
             if deadline.is_some_and(|d| Instant::now() >= d) {
                 return Err(QueueError::TimedOut);
+            }
+            // Now and then, sweep for every dead participant too: a
+            // sleeper that died leaves its waiter bit set, which makes
+            // every publish pay for a wake-up until it is cleared.
+            slices += 1;
+            if slices.is_multiple_of(SWEEP_SLICES) {
+                self.inner.sweep()?;
             }
             if let Blocker::Claimed { owner, .. } = blocker()? {
                 match q.repair_if_dead(me(), owner, is_dead, &LinuxFutex) {
