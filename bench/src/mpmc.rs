@@ -90,7 +90,58 @@ pub fn backoff(idle: &mut u32) {
     *idle += 1;
 }
 
+/// One thread pushes 512 records, then pops them, over and over: the
+/// instruction cost of a push + pop pair with no other core involved
+/// (ns per pair). Returns (FabricQueue, ArrayQueue).
+fn single_thread_pair_cost(n: u64) -> (f64, f64) {
+    let name = unique_segment("mq1");
+    let _unlink = Unlink(name.clone());
+    let queue = FabricQueue::create(&name, &QueueConfig::new(1024, 64)).unwrap();
+    let array = crossbeam_queue::ArrayQueue::<[u8; 64]>::new(1024);
+    let record = [7u8; 64];
+    let mut buf = [0u8; 64];
+    pin(0);
+    let start = Instant::now();
+    for _ in 0..n / 512 {
+        for _ in 0..512 {
+            queue.try_push(&record).unwrap();
+        }
+        for _ in 0..512 {
+            buf.copy_from_slice(&queue.try_pop_ref().unwrap().unwrap());
+        }
+    }
+    let ours = start.elapsed().as_nanos() as f64 / n as f64;
+    let start = Instant::now();
+    for _ in 0..n / 512 {
+        for _ in 0..512 {
+            array.push(record).unwrap();
+        }
+        for _ in 0..512 {
+            buf = array.pop().unwrap();
+        }
+    }
+    let theirs = start.elapsed().as_nanos() as f64 / n as f64;
+    std::hint::black_box(&buf);
+    (ours, theirs)
+}
+
 pub fn throughput_table(sizes: &[usize], runs: usize, scale: u64) {
+    let (mut ours, mut theirs) = (Vec::new(), Vec::new());
+    for _ in 0..runs {
+        let (o, t) = single_thread_pair_cost(4_000_000 / scale);
+        ours.push(o);
+        theirs.push(t);
+    }
+    println!("## FabricQueue (MPMC) push + pop pair in one thread, 64 B (ns per pair)\n");
+    println!("| FabricQueue | crossbeam ArrayQueue | FabricQueue / crossbeam |");
+    println!("|---|---|---|");
+    let ratio = median(ours.iter().zip(&theirs).map(|(o, t)| o / t).collect());
+    println!(
+        "| {:.1} | {:.1} | {ratio:.2}x |\n",
+        median(ours),
+        median(theirs)
+    );
+
     println!("## FabricQueue (MPMC) throughput, one producer and one consumer (M records/s)\n");
     println!(
         "| size | slots | FabricQueue (2 processes) | crossbeam ArrayQueue (2 threads) | FabricQueue / crossbeam |"
