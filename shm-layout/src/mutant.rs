@@ -47,6 +47,8 @@ pub enum Mutant {
     /// A producer finding `tail`'s slot a lap ahead (its claim repaired and
     /// skipped before `tail` moved) does not help `tail` past it.
     QueueSkipLapAheadHelp,
+    /// `repair_dead` repairs every participant, dead or alive.
+    QueueRepairTheLiving,
     /// Repair tombstones a claim with a plain store instead of a CAS.
     QueueRepairPlainStore,
     /// A seal moves `tail` past a WRITING claim at the sealed end without

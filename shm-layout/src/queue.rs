@@ -1495,7 +1495,8 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         for index in 0..MAX_PARTICIPANTS {
             let entry = &self.ctrl.participants.0[index];
             let holder = entry.holder.load(Ordering::Acquire);
-            if holder == 0 || holder == token || !is_dead(holder) {
+            let dead = is_dead(holder) || mutant::active(Mutant::QueueRepairTheLiving);
+            if holder == 0 || holder == token || !dead {
                 continue;
             }
             // The incarnation is the dead holder's if the holder is still

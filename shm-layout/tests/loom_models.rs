@@ -85,3 +85,8 @@ fn queue_help_past_a_repaired_claim() {
 fn queue_seal_while_draining() {
     models::check_with_preemptions(3, models::queue::seal_while_draining);
 }
+
+#[test]
+fn queue_repair_dead_spares_the_living() {
+    models::check(models::queue::repair_dead_spares_the_living);
+}

@@ -226,3 +226,12 @@ fn queue_seal_that_passes_a_claim_at_the_end_misses_its_record() {
         "missed by the drain",
     );
 }
+
+#[test]
+fn queue_repairing_the_living_fails_their_publish() {
+    must_fail(
+        Mutant::QueueRepairTheLiving,
+        models::queue::repair_dead_spares_the_living,
+        "a live participant's claim was repaired",
+    );
+}

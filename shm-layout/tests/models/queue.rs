@@ -219,6 +219,34 @@ pub fn help_past_a_repaired_claim() {
     );
 }
 
+/// A participant died holding a claim; a sweep of dead participants runs
+/// while a live participant registers and pushes: the dead claim is
+/// repaired, the live one is not, and the live record is delivered.
+pub fn repair_dead_spares_the_living() {
+    let heap = Arc::new(HeapQueue::new(2, 8));
+    let futex = Arc::new(LoomFutex::default());
+    let is_dead = |token: u64| token == 1;
+    {
+        let q = heap.queue();
+        let dead = q.attach(1, is_dead, &*futex).unwrap();
+        drop(q.try_claim(dead.incarnation(), 1, &*futex).unwrap());
+    }
+    let sweeper = {
+        let (heap, futex) = (heap.clone(), futex.clone());
+        thread::spawn(move || heap.queue().repair_dead(3, is_dead, &*futex).unwrap())
+    };
+    let q = heap.queue();
+    let live = q.attach(2, is_dead, &*futex).unwrap();
+    let pushed = q.try_push(live.incarnation(), &[2], &*futex);
+    let report = sweeper.join().unwrap();
+    assert!(
+        pushed.is_ok(),
+        "a live participant's claim was repaired: {pushed:?}"
+    );
+    assert_eq!(report.claims_tombed, 1, "the dead claim was not repaired");
+    assert_eq!(q.try_pop(live.incarnation(), &*futex), Ok(Some(vec![2])));
+}
+
 /// Repair of a producer judged dead races its (late) publish: either the
 /// publish wins and the record is delivered, or the repair wins and the
 /// publish reports `ClaimRepaired`. Never Ok and lost.
