@@ -623,6 +623,14 @@ pub enum Blocker {
     },
 }
 
+impl Blocker {
+    /// Whether `found` (a `push_blocker` or `pop_blocker` answer) means the
+    /// caller must wait. An error does not: the operation reports it.
+    pub fn blocks(found: &Result<Blocker, QueueError>) -> bool {
+        matches!(found, Ok(Blocker::Idle(_) | Blocker::Claimed { .. }))
+    }
+}
+
 /// The queue algorithm bound to a control block and its slots.
 pub struct Queue<'a, M: RingBytes> {
     ctrl: &'a QueueControl,
@@ -995,10 +1003,7 @@ impl<'a, M: RingBytes> Queue<'a, M> {
             .space_wait
             .0
             .wait_until(futex, who, spins, deadline, || {
-                !matches!(
-                    self.push_blocker(),
-                    Ok(Blocker::Idle(_) | Blocker::Claimed { .. })
-                )
+                !Blocker::blocks(&self.push_blocker())
             })
     }
 
@@ -1249,10 +1254,7 @@ impl<'a, M: RingBytes> Queue<'a, M> {
             .data_wait
             .0
             .wait_until(futex, who, spins, deadline, || {
-                !matches!(
-                    self.pop_blocker(),
-                    Ok(Blocker::Idle(_) | Blocker::Claimed { .. })
-                )
+                !Blocker::blocks(&self.pop_blocker())
             })
     }
 
@@ -1285,7 +1287,8 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         if prev & CLOSED == 0 {
             self.close_end(end)?;
         }
-        let tombed = self.tomb_writing(|_| true)?;
+        let (tombed, _) = self
+            .rewrite_slots(|s| (s.tag == Tag::Writing).then(|| State::new(s.lap, Tag::Tomb, 0)))?;
         Self::count(&self.ctrl.counters.0.seal_tombs, tombed);
         self.ctrl.data_wait.0.notify(futex);
         self.ctrl.space_wait.0.notify(futex);
@@ -1333,61 +1336,44 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         }
     }
 
-    /// Turns every WRITING slot whose owner `matches` into a TOMB; returns
-    /// how many.
-    fn tomb_writing(&self, matches: impl Fn(u32) -> bool) -> Result<u64, QueueError> {
-        let mut tombed = 0;
+    /// Walks every slot once and moves each whose state `next` maps to a
+    /// new one there, by CAS (retrying while the slot changes under us);
+    /// returns how many WRITING and how many READING slots it moved.
+    fn rewrite_slots(
+        &self,
+        next: impl Fn(State) -> Option<State>,
+    ) -> Result<(u64, u64), QueueError> {
+        let (mut writing, mut reading) = (0, 0);
         for index in 0..self.geo.capacity {
             let (state, _, _) = self.slot(index);
             let mut word = state.load(Ordering::Acquire);
             loop {
                 let s = State::decode(word)?;
-                if s.tag != Tag::Writing || !matches(s.owner) {
+                let Some(new) = next(s) else { break };
+                let counter = if s.tag == Tag::Reading {
+                    &mut reading
+                } else {
+                    &mut writing
+                };
+                if new.tag == Tag::Tomb && mutant::active(Mutant::QueueRepairPlainStore) {
+                    state.store(new.word(), Ordering::Release);
+                    *counter += 1;
                     break;
                 }
-                let tomb = State::new(s.lap, Tag::Tomb, 0).word();
-                if mutant::active(Mutant::QueueRepairPlainStore) {
-                    state.store(tomb, Ordering::Release);
-                    tombed += 1;
-                    break;
-                }
-                // Release: as in `abandon`.
-                match state.compare_exchange(word, tomb, Ordering::Release, Ordering::Acquire) {
+                // Release: as in `abandon` for a tomb, as in `release` for
+                // a freed read (a dead reader's reads are over; a live but
+                // misjudged one fails its release).
+                match state.compare_exchange(word, new.word(), Ordering::Release, Ordering::Acquire)
+                {
                     Ok(_) => {
-                        tombed += 1;
+                        *counter += 1;
                         break;
                     }
                     Err(now) => word = now,
                 }
             }
         }
-        Ok(tombed)
-    }
-
-    /// Frees every READING slot owned by `owner`; returns how many.
-    fn free_reading(&self, owner: u32) -> Result<u64, QueueError> {
-        let mut freed = 0;
-        for index in 0..self.geo.capacity {
-            let (state, _, _) = self.slot(index);
-            let mut word = state.load(Ordering::Acquire);
-            loop {
-                let s = State::decode(word)?;
-                if s.tag != Tag::Reading || s.owner != owner {
-                    break;
-                }
-                let free = State::new(s.lap.wrapping_add(1), Tag::Free, 0).word();
-                // Release: as in `release` (the dead reader's reads are
-                // over; a live but misjudged one fails its release).
-                match state.compare_exchange(word, free, Ordering::Release, Ordering::Acquire) {
-                    Ok(_) => {
-                        freed += 1;
-                        break;
-                    }
-                    Err(now) => word = now,
-                }
-            }
-        }
-        Ok(freed)
+        Ok((writing, reading))
     }
 
     // ----- participants and repair -----
@@ -1611,8 +1597,15 @@ impl<'a, M: RingBytes> Queue<'a, M> {
         owner: u32,
         futex: &F,
     ) -> Result<RepairReport, QueueError> {
-        let claims_tombed = self.tomb_writing(|o| o == owner)?;
-        let reads_freed = self.free_reading(owner)?;
+        // One pass: unpublished claims become tombstones, unfinished reads
+        // are freed for the next lap.
+        let (claims_tombed, reads_freed) = self.rewrite_slots(|s| match s.tag {
+            Tag::Writing if s.owner == owner => Some(State::new(s.lap, Tag::Tomb, 0)),
+            Tag::Reading if s.owner == owner => {
+                Some(State::new(s.lap.wrapping_add(1), Tag::Free, 0))
+            }
+            _ => None,
+        })?;
         let c = &self.ctrl.counters.0;
         Self::count(&c.claims_repaired, claims_tombed);
         Self::count(&c.reads_repaired, reads_freed);

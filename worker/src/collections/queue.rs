@@ -493,7 +493,7 @@ impl FabricQueue {
         // round trip (tens of microseconds on some machines). Yielding
         // first measured better than spinning first (BENCHMARKS.md).
         for _ in 0..WAIT_YIELDS {
-            if !matches!(blocker(), Ok(Blocker::Idle(_) | Blocker::Claimed { .. })) {
+            if !Blocker::blocks(&blocker()) {
                 return Ok(());
             }
             std::thread::yield_now();
