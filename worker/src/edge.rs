@@ -431,18 +431,17 @@ impl Loan<'_> {
             .reservation
             .as_ref()
             .expect("a loan holds its reservation until commit");
-        let ring = &self.producer.log.inner.ring;
+        let record = reservation.record();
         // SAFETY: try_reserve checked payload_offset + len <= capacity; the
         // bytes were claimed by this producer and stay unpublished until
         // `commit`; `self` borrows the producer mutably, so there is one
         // such slice at a time.
         unsafe {
-            std::slice::from_raw_parts_mut(
-                ring.base()
-                    .as_ptr()
-                    .add(reservation.record().payload_offset() as usize),
-                reservation.record().len() as usize,
-            )
+            self.producer
+                .log
+                .inner
+                .ring
+                .bytes_mut(record.payload_offset(), record.len())
         }
     }
 
@@ -507,16 +506,10 @@ impl<'a> RecordRef<'a> {
 
 impl EdgeConsumer {
     fn record_ref(&self, at: RecordAt) -> RecordRef<'_> {
-        let ring = &self.log.inner.ring;
         // SAFETY: try_next checked payload_offset + len <= capacity; the
         // bytes are published and stay unchanged until we commit past them,
         // which needs `&mut self`.
-        let bytes = unsafe {
-            std::slice::from_raw_parts(
-                ring.base().as_ptr().add(at.payload_offset() as usize),
-                at.len() as usize,
-            )
-        };
+        let bytes = unsafe { self.log.inner.ring.bytes(at.payload_offset(), at.len()) };
         RecordRef {
             bytes,
             position: at.position(),

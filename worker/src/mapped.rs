@@ -27,9 +27,33 @@ impl MappedRing {
         MappedRing { base, len }
     }
 
-    /// Start of the region.
-    pub(crate) fn base(&self) -> NonNull<u8> {
-        self.base
+    /// The `len` bytes at `off`, borrowed in place.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()`, and nobody writes those bytes while the
+    /// slice lives.
+    pub(crate) unsafe fn bytes(&self, off: u64, len: u64) -> &[u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds of the mapping per the caller, which also rules
+        // out writers for the slice's life.
+        unsafe { std::slice::from_raw_parts(self.base.as_ptr().add(off as usize), len as usize) }
+    }
+
+    /// The `len` bytes at `off`, to write in place.
+    ///
+    /// # Safety
+    /// `off + len <= self.len()`, and nobody else reads or writes those
+    /// bytes while the slice lives.
+    // Shared memory: the mapping is shared by design; exclusive access to
+    // these bytes is the protocol's promise, stated by the caller.
+    #[allow(clippy::mut_from_ref)]
+    pub(crate) unsafe fn bytes_mut(&self, off: u64, len: u64) -> &mut [u8] {
+        debug_assert!(off + len <= self.len);
+        // SAFETY: in bounds of the mapping per the caller, which also makes
+        // this the only access to those bytes for the slice's life.
+        unsafe {
+            std::slice::from_raw_parts_mut(self.base.as_ptr().add(off as usize), len as usize)
+        }
     }
 }
 

@@ -636,15 +636,10 @@ impl QueueLoan<'_> {
         // slot; the slot is WRITING under our incarnation, so nobody else
         // reads or writes it; `&mut self` makes this the only slice.
         unsafe {
-            std::slice::from_raw_parts_mut(
-                self.queue
-                    .inner
-                    .slots
-                    .base()
-                    .as_ptr()
-                    .add(claim.payload_offset() as usize),
-                claim.len() as usize,
-            )
+            self.queue
+                .inner
+                .slots
+                .bytes_mut(claim.payload_offset(), claim.len())
         }
     }
 
@@ -733,15 +728,10 @@ impl Deref for PopGuard<'_> {
         // slot; the slot is READING under our incarnation, so no producer
         // writes it until we release it, which needs `&mut self`.
         unsafe {
-            std::slice::from_raw_parts(
-                self.queue
-                    .inner
-                    .slots
-                    .base()
-                    .as_ptr()
-                    .add(taken.payload_offset() as usize),
-                taken.len() as usize,
-            )
+            self.queue
+                .inner
+                .slots
+                .bytes(taken.payload_offset(), taken.len())
         }
     }
 }
