@@ -130,6 +130,12 @@ pub(crate) fn unique_segment(tag: &str) -> SegmentName {
     SegmentName::new(&instance(), &format!("{tag}{n}")).unwrap()
 }
 
+/// The object part of a segment name, as a child is told it (the child
+/// knows the instance: its parent's).
+pub(crate) fn object_of(name: &SegmentName) -> String {
+    name.as_str().rsplit('.').next().unwrap().to_owned()
+}
+
 /// Unlinks a segment when dropped.
 pub(crate) struct Unlink(SegmentName);
 
@@ -183,7 +189,7 @@ fn edge_throughput(size: usize, n: u64) -> f64 {
     )
     .unwrap();
     let mut producer = log.producer().unwrap();
-    let object = name.as_str().rsplit('.').next().unwrap().to_owned();
+    let object = object_of(&name);
     let args = [
         "edge-consume".into(),
         object,
@@ -402,12 +408,11 @@ fn edge_ping_pong(samples: usize, warmup: usize, blocking: bool) -> Vec<u64> {
     };
     let ping_log = EdgeLog::create(&ping, &config).unwrap();
     let pong_log = EdgeLog::create(&pong, &config).unwrap();
-    let object = |n: &SegmentName| n.as_str().rsplit('.').next().unwrap().to_owned();
     let total = samples + warmup;
     let args = [
         "edge-pong".into(),
-        object(&ping),
-        object(&pong),
+        object_of(&ping),
+        object_of(&pong),
         total.to_string(),
         (if blocking { "blocking" } else { "spin" }).into(),
     ];
@@ -576,7 +581,7 @@ fn futex_ping_pong(samples: usize, warmup: usize) -> Vec<u64> {
     segment.activate();
     let words = futex_words(&segment);
     let total = samples + warmup;
-    let object = name.as_str().rsplit('.').next().unwrap().to_owned();
+    let object = object_of(&name);
     let mut latencies = Vec::with_capacity(samples);
     run_child(&["futex-pong".into(), object, total.to_string()], || {
         pin(0);

@@ -13,8 +13,8 @@ use grafos_worker::layout::queue::QueueError;
 use grafos_worker::segment::{Segment, SegmentName, SegmentSpec};
 
 use crate::{
-    Unlink, crossbeam_sized, instance_of_parent, median, pin, records_for, ring_for, run_child,
-    self_exe, unique_segment,
+    Unlink, crossbeam_sized, instance_of_parent, median, object_of, pin, records_for, ring_for,
+    run_child, self_exe, unique_segment,
 };
 
 /// Slots for records of `size` bytes: as many as crossbeam's row gets.
@@ -29,7 +29,7 @@ fn queue_throughput(size: usize, n: u64) -> f64 {
     let _unlink = Unlink(name.clone());
     let queue =
         FabricQueue::create(&name, &QueueConfig::new(slots_for(size), size as u64)).unwrap();
-    let object = name.as_str().rsplit('.').next().unwrap().to_owned();
+    let object = object_of(&name);
     let args = [
         "queue-consume".into(),
         object,
@@ -228,14 +228,13 @@ fn queue_blocking(n: u64) -> f64 {
     let _unlink = (Unlink(qname.clone()), Unlink(gname.clone()));
     let queue = FabricQueue::create(&qname, &QueueConfig::new(BLOCKING_SLOTS, 64)).unwrap();
     let gate = Gate::create(&gname);
-    let object = |name: &SegmentName| name.as_str().rsplit('.').next().unwrap().to_owned();
     let spawn = |role: &str, count: u64| {
         self_exe()
             .args([
                 "child",
                 role,
-                &object(&qname),
-                &object(&gname),
+                &object_of(&qname),
+                &object_of(&gname),
                 &count.to_string(),
             ])
             .spawn()

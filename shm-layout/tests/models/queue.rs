@@ -48,6 +48,23 @@ fn pop_blocking(
     }
 }
 
+/// Pops (sleeping while empty) into `drained` until the queue says
+/// `Sealed`.
+fn drain_until_sealed(
+    q: &Queue<'_, HeapRing>,
+    me: Incarnation,
+    futex: &LoomFutex,
+    drained: &mut Vec<Vec<u8>>,
+) {
+    loop {
+        match pop_blocking(q, me, futex) {
+            Ok(r) => drained.push(r),
+            Err(QueueError::Sealed) => return,
+            Err(e) => panic!("pop failed: {e}"),
+        }
+    }
+}
+
 /// Takes one record by hand: take, copy out, release (which fails if
 /// another consumer took the same record).
 fn take_one(q: &Queue<'_, HeapRing>, me: Incarnation, futex: &LoomFutex) -> Vec<u8> {
@@ -294,13 +311,7 @@ pub fn seal_against_a_stale_tail() {
     let q = heap.queue();
     let mut drained = vec![q.try_pop(inc(2), &*futex).unwrap().unwrap()];
     sealer.join().unwrap();
-    loop {
-        match pop_blocking(&q, inc(2), &futex) {
-            Ok(r) => drained.push(r),
-            Err(QueueError::Sealed) => break,
-            Err(e) => panic!("pop failed: {e}"),
-        }
-    }
+    drain_until_sealed(&q, inc(2), &futex, &mut drained);
     let pushed = producer.join().unwrap();
     assert_eq!(drained[0], vec![1]);
     match pushed {
@@ -330,13 +341,7 @@ pub fn seal_while_draining() {
     };
     let q = heap.queue();
     let mut drained = Vec::new();
-    loop {
-        match pop_blocking(&q, inc(2), &futex) {
-            Ok(r) => drained.push(r),
-            Err(QueueError::Sealed) => break,
-            Err(e) => panic!("pop failed: {e}"),
-        }
-    }
+    drain_until_sealed(&q, inc(2), &futex, &mut drained);
     let pushed = producer.join().unwrap();
     sealer.join().unwrap();
     match pushed {
