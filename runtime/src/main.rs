@@ -1,25 +1,32 @@
 //! `grafos`: the command-line tool of the grafos shared-memory fabric.
-//!
-//! For now it inspects what lives in `/dev/shm`; the supervisor commands
-//! (`up`, `down`, `status`, `run`, leases) build on it.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use grafos_runtime::supervisor::Config;
+use grafos_runtime::up::Down;
+use grafos_runtime::{status, up};
 use grafos_worker::FabricError;
 use grafos_worker::collections::queue::FabricQueue;
+use grafos_worker::control::{Connection, Request};
 use grafos_worker::edge::EdgeLog;
+use grafos_worker::instance::InstancePaths;
 use grafos_worker::layout::header::{Expect, SegmentKind};
-use grafos_worker::segment::{Segment, SegmentName, list_segments, validate_instance};
+use grafos_worker::segment::{Segment, SegmentName, list_segments};
 
 /// grafos: a shared-memory fabric for multi-process pipelines on one host.
 ///
-/// Worker processes exchange records through lock-free logs and queues that
-/// live in POSIX shared-memory segments (`/dev/shm/grafos.<instance>.*`).
+/// A supervisor (`grafos up`) leases out shared-memory segments and block
+/// files from a budget; worker processes exchange records through
+/// lock-free logs and queues in those segments
+/// (`/dev/shm/grafos.<instance>.*`). Logs go to stderr, filtered by
+/// RUST_LOG (default `info` for `up`, `warn` otherwise).
 #[derive(Parser)]
 #[command(version, about, long_about)]
 struct Cli {
-    /// Instance whose segments to act on.
+    /// Instance to act on.
     #[arg(
         long,
         global = true,
@@ -33,6 +40,44 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Start the instance's supervisor (in the foreground unless
+    /// --detach).
+    ///
+    /// Makes the runtime dir with the control socket (0600), the registry
+    /// and counters segments, and serves lease requests until `grafos down`
+    /// or SIGTERM/SIGINT. Refuses if the instance is up already; a stale
+    /// socket or registry of a dead supervisor is taken over.
+    Up {
+        /// Shared-memory budget (bytes; K, M, G suffixes are powers of 1024).
+        #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+        pool_size: u64,
+        /// Block-storage budget (bytes; K, M, G suffixes).
+        #[arg(long, default_value = "1G", value_parser = parse_bytes)]
+        block_pool_size: u64,
+        /// Where block leases' files go (default: the runtime dir's `data`).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Seconds an expired lease stays readable before it is unlinked.
+        #[arg(long, default_value_t = 5)]
+        grace_secs: u64,
+        /// Run in the background; exit 0 once it accepts requests.
+        #[arg(long)]
+        detach: bool,
+    },
+    /// Stop the instance: expire every lease, remove every segment, the
+    /// socket and the runtime dir. Cleans up after a dead supervisor too.
+    Down,
+    /// Show the pool, leases, participants, queues and counters.
+    Status {
+        /// Print JSON instead of tables.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Failover drills on a lease.
+    Lease {
+        #[command(subcommand)]
+        action: LeaseAction,
+    },
     /// List the instance's segments with their kind, size, fence state and,
     /// for edge logs and queues, positions and repair counts.
     ///
@@ -41,21 +86,157 @@ enum Command {
     Segments,
 }
 
+#[derive(Subcommand)]
+enum LeaseAction {
+    /// Expire the lease now: handles get `LeaseExpired`; the segment stays
+    /// readable for the grace period, then goes.
+    Expire {
+        /// Lease id (see `grafos status`).
+        id: u64,
+    },
+    /// Poison the lease now: handles get `LeasePoisoned`.
+    Poison {
+        /// Lease id.
+        id: u64,
+    },
+}
+
+/// Parses `4096`, `64K`, `256M`, `1G` (also `KiB`, `MiB`, `GiB`).
+fn parse_bytes(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let number: u64 = digits
+        .parse()
+        .map_err(|_| format!("{text:?} is not a byte count like 4096, 64K, 256M or 1G"))?;
+    let shift = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 0,
+        "K" | "KB" | "KIB" => 10,
+        "M" | "MB" | "MIB" => 20,
+        "G" | "GB" | "GIB" => 30,
+        "T" | "TB" | "TIB" => 40,
+        _ => return Err(format!("unknown unit {unit:?} in {text:?}")),
+    };
+    number
+        .checked_mul(1 << shift)
+        .filter(|&n| n > 0)
+        .ok_or_else(|| format!("{text:?} is zero or too large"))
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Err(e) = validate_instance(&cli.instance) {
-        eprintln!("grafos: {e}");
-        return ExitCode::from(2);
-    }
-    match cli.command {
-        Command::Segments => match segments(&cli.instance) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("grafos: {e}");
-                ExitCode::FAILURE
+    let default_filter = if matches!(cli.command, Command::Up { .. }) {
+        "info"
+    } else {
+        "warn"
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let paths = match InstancePaths::new(&cli.instance) {
+        Ok(paths) => paths,
+        Err(e) => return fail(e),
+    };
+    let result = match cli.command {
+        Command::Up {
+            pool_size,
+            block_pool_size,
+            data_dir,
+            grace_secs,
+            detach,
+        } => {
+            if detach {
+                let mut args = vec![
+                    "up".to_owned(),
+                    format!("--pool-size={pool_size}"),
+                    format!("--block-pool-size={block_pool_size}"),
+                    format!("--grace-secs={grace_secs}"),
+                ];
+                if let Some(dir) = &data_dir {
+                    args.push(format!("--data-dir={}", dir.display()));
+                }
+                up::detach(&paths, &args).map(|pid| {
+                    println!(
+                        "instance {:?} is up: supervisor pid {pid}, socket {}, log {}",
+                        paths.instance(),
+                        paths.socket().display(),
+                        paths.log_file().display()
+                    );
+                })
+            } else {
+                let config = Config {
+                    pool_size,
+                    block_pool_size,
+                    data_dir: data_dir.unwrap_or_else(|| paths.default_data_dir()),
+                    grace: Duration::from_secs(grace_secs),
+                };
+                up::run_foreground(&paths, config, |_| {
+                    tracing::info!(
+                        instance = paths.instance(),
+                        socket = %paths.socket().display(),
+                        pool_size,
+                        block_pool_size,
+                        "supervisor ready"
+                    );
+                })
             }
+        }
+        Command::Down => up::down(&paths).map(|outcome| match outcome {
+            Down::Stopped { pid } => {
+                println!(
+                    "instance {:?} is down (supervisor pid {pid} exited)",
+                    paths.instance()
+                );
+            }
+            Down::CleanedUp => println!(
+                "instance {:?} had no running supervisor; removed what it left",
+                paths.instance()
+            ),
+            Down::NothingThere => println!("instance {:?} is not up", paths.instance()),
+        }),
+        Command::Status { json } => match status::read(&paths) {
+            Ok(s) if json => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&s).expect("status serialises")
+                );
+                Ok(())
+            }
+            Ok(s) => {
+                print!("{}", status::render(&s));
+                Ok(())
+            }
+            Err(FabricError::NotFound(_)) => Err(format!(
+                "instance {:?} is not up (no registry segment); start it with `grafos up`",
+                paths.instance()
+            )),
+            Err(e) => Err(e.to_string()),
         },
+        Command::Lease { action } => {
+            let (request, done) = match action {
+                LeaseAction::Expire { id } => (Request::Expire { lease_id: id }, "expired"),
+                LeaseAction::Poison { id } => (Request::Poison { lease_id: id }, "poisoned"),
+            };
+            Connection::connect(paths.instance(), &paths.socket())
+                .and_then(|c| c.call(&request))
+                .map(|_| println!("lease {done}"))
+                .map_err(|e| e.to_string())
+        }
+        Command::Segments => segments(paths.instance()).map_err(|e| e.to_string()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(e),
     }
+}
+
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("grafos: {e}");
+    ExitCode::FAILURE
 }
 
 fn segments(instance: &str) -> Result<(), FabricError> {

@@ -34,6 +34,10 @@ pub enum SegmentKind {
     EdgeLog = 2,
     /// An MPMC FabricQueue ([`crate::queue`]).
     Queue = 3,
+    /// An instance registry ([`crate::registry::Registry`]).
+    Registry = 4,
+    /// An instance's counters ([`crate::registry::InstanceCounters`]).
+    Counters = 5,
 }
 
 impl SegmentKind {
@@ -43,6 +47,8 @@ impl SegmentKind {
             1 => Some(SegmentKind::Raw),
             2 => Some(SegmentKind::EdgeLog),
             3 => Some(SegmentKind::Queue),
+            4 => Some(SegmentKind::Registry),
+            5 => Some(SegmentKind::Counters),
             _ => None,
         }
     }
@@ -325,6 +331,18 @@ impl SegmentHeader {
     /// relocator wrote before.
     pub fn fence(&self) -> FenceWord {
         FenceWord::unpack(self.fence.load(Ordering::Acquire))
+    }
+
+    /// The fence word's low half (state and low generation bits), the word
+    /// futex sleepers wait on for a state change.
+    #[cfg(all(not(loom), target_endian = "little"))]
+    pub fn fence_futex(&self) -> &std::sync::atomic::AtomicU32 {
+        // SAFETY: the fence word is an 8-aligned AtomicU64 living as long
+        // as `self`; on a little-endian machine its first four bytes are
+        // its low half, a valid, 4-aligned AtomicU32. Mixed-size atomic
+        // access is what futexes on 64-bit words need; both views only
+        // ever see whole atomic operations.
+        unsafe { &*std::ptr::from_ref(&self.fence).cast::<std::sync::atomic::AtomicU32>() }
     }
 
     /// Changes the fence word from `current` to `new`.

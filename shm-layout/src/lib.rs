@@ -19,6 +19,7 @@ pub mod header;
 pub mod heap;
 pub mod mutant;
 pub mod queue;
+pub mod registry;
 pub mod sync;
 pub mod wait;
 

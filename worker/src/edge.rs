@@ -389,7 +389,6 @@ impl EdgeProducer {
     ///
     /// # Errors
     /// `Codec` if encoding fails, or the errors of [`EdgeProducer::push`].
-    #[cfg(feature = "serde")]
     pub fn push_serde<T: serde::Serialize>(
         &mut self,
         value: &T,
@@ -574,7 +573,6 @@ impl EdgeConsumer {
     ///
     /// # Errors
     /// `Codec` if it does not decode, or the errors of [`EdgeConsumer::read`].
-    #[cfg(feature = "serde")]
     pub fn read_serde<T: serde::de::DeserializeOwned>(
         &mut self,
         timeout: Option<Duration>,

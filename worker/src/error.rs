@@ -78,6 +78,41 @@ pub enum FabricError {
     /// A serde record could not be encoded or decoded.
     #[error("codec: {0}")]
     Codec(String),
+    /// The lease ran out (or was expired by hand): its memory may be gone
+    /// soon, so nothing touches it through this handle any more.
+    #[error("lease {0} has expired")]
+    LeaseExpired(u64),
+    /// The lease was declared dead: nothing may use it.
+    #[error("lease {0} is poisoned")]
+    LeasePoisoned(u64),
+    /// The supervisor knows no lease of that id.
+    #[error("no lease {0} in this instance")]
+    UnknownLease(u64),
+    /// The pool cannot cover an acquire.
+    #[error(
+        "the {pool_kind} pool has {free} of {capacity} bytes free; {requested} bytes requested"
+    )]
+    NoBudget {
+        /// `memory` or `block`.
+        pool_kind: String,
+        /// Bytes asked for (rounded up to whole pages or blocks).
+        requested: u64,
+        /// Bytes free now.
+        free: u64,
+        /// The pool's size.
+        capacity: u64,
+    },
+    /// No supervisor answers for the instance, or it went away mid-call.
+    #[error("instance {instance:?}: {reason}")]
+    Disconnected {
+        /// The instance.
+        instance: String,
+        /// What failed.
+        reason: String,
+    },
+    /// The supervisor refused a request.
+    #[error("the supervisor refused: {0}")]
+    Refused(String),
 }
 
 /// `Result` with [`FabricError`].

@@ -1,5 +1,9 @@
 //! The library a grafos worker process links.
 //!
+//! * [`mem`], [`block`]: leases of shared memory and block storage from
+//!   the instance's supervisor; [`leasekit`] renews them.
+//! * [`participant`]: this process as a participant of an instance.
+//! * [`control`]: the protocol spoken with the supervisor.
 //! * [`segment`]: POSIX shared-memory segments with a validated header.
 //! * [`collections::queue`]: the FabricQueue, a bounded MPMC work queue
 //!   whose claims survive their claimant's death.
@@ -15,12 +19,21 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+pub mod block;
 pub mod collections;
+pub mod control;
 pub mod edge;
 pub mod error;
 pub mod futex;
+pub mod host;
+pub mod instance;
+mod lease;
+pub mod leasekit;
 mod mapped;
+pub mod mem;
+pub mod participant;
 pub mod process;
+pub mod registry;
 pub mod segment;
 
 pub use error::{FabricError, Result};

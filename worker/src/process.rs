@@ -35,6 +35,15 @@ impl ProcessId {
         }
     }
 
+    /// The process `pid` now, if it runs.
+    pub fn of(pid: u32) -> Option<ProcessId> {
+        let (state, start) = stat(pid)?;
+        (state != 'Z' && state != 'X').then_some(ProcessId {
+            pid,
+            start_time: start & START_MASK,
+        })
+    }
+
     /// Packs into a role word.
     pub fn pack(self) -> u64 {
         (u64::from(self.pid) << START_BITS) | (self.start_time & START_MASK)

@@ -151,7 +151,6 @@ fn typed_records_round_trip_and_payload_types_are_checked() {
     Segment::unlink(&name).unwrap();
 }
 
-#[cfg(feature = "serde")]
 #[test]
 fn serde_records_round_trip() {
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]

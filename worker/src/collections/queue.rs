@@ -265,6 +265,17 @@ impl FabricQueue {
         })
     }
 
+    /// Repairs every participant of a queue segment whose process is dead,
+    /// without registering with it (for supervisors and tools).
+    ///
+    /// # Errors
+    /// `Layout` if it is not a consistent queue; `Queue(RepairBusy)` if a
+    /// live process is repairing; `Queue(Corrupt)`.
+    pub fn repair_dead_in(segment: Segment) -> Result<RepairReport> {
+        let inner = Inner::bind(segment)?;
+        Ok(inner.queue().repair_dead(me(), is_dead, &LinuxFutex)?)
+    }
+
     /// Binds an opened (validated) segment as a queue and registers with it.
     ///
     /// # Errors
@@ -375,7 +386,6 @@ impl FabricQueue {
     ///
     /// # Errors
     /// `Codec` if encoding fails, or the errors of [`FabricQueue::push`].
-    #[cfg(feature = "serde")]
     pub fn push_serde<T: serde::Serialize>(
         &self,
         value: &T,
@@ -465,7 +475,6 @@ impl FabricQueue {
     /// # Errors
     /// `Codec` if it does not decode (the record is consumed), or the
     /// errors of [`FabricQueue::pop_ref`].
-    #[cfg(feature = "serde")]
     pub fn pop_serde<T: serde::de::DeserializeOwned>(
         &self,
         timeout: Option<Duration>,

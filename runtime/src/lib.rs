@@ -1,0 +1,14 @@
+//! The grafos supervisor and the pieces of the `grafos` command-line tool.
+//!
+//! * [`supervisor`]: the state of an instance's pool, leases and
+//!   participants, and the answers to control requests.
+//! * [`serve`]: the event loop around it (control socket, pidfds, reaper).
+//! * [`up`]: starting (in the foreground or detached) and shutting down.
+//! * [`status`]: what `grafos status` reads from shared memory.
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
+
+pub mod serve;
+pub mod status;
+pub mod supervisor;
+pub mod up;

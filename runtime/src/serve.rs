@@ -1,0 +1,300 @@
+//! The supervisor's event loop: one thread polls the control socket, every
+//! connection and every peer's pidfd, answers requests, and runs the
+//! reaper between events.
+//!
+//! Nothing a client does can wedge the loop: sockets are non-blocking, one
+//! message is read per ready connection per turn, a reply that does not fit
+//! the client's buffer closes that connection, and every message is
+//! decoded by code that returns errors for any input.
+
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use grafos_worker::FabricError;
+use grafos_worker::control::MAX_MESSAGE;
+use grafos_worker::host::unix_time_ms;
+use grafos_worker::process::ProcessId;
+use rustix::event::{PollFd, PollFlags};
+use rustix::net::{AddressFamily, RecvFlags, SendFlags, SocketAddrUnix, SocketFlags, SocketType};
+
+use crate::supervisor::{Ending, Peer, Supervisor};
+
+/// How often the reaper runs when nothing else happens.
+const REAPER_PERIOD: Duration = Duration::from_millis(50);
+/// Connections served at once.
+const MAX_CONNECTIONS: usize = 1024;
+
+/// Set by SIGTERM / SIGINT.
+static STOP: AtomicBool = AtomicBool::new(false);
+
+extern "C" fn on_stop_signal(_: libc::c_int) {
+    STOP.store(true, Ordering::Relaxed);
+}
+
+/// Makes SIGTERM and SIGINT end [`serve`] (cleanly, as `grafos down`
+/// does).
+pub fn install_stop_handlers() {
+    for signal in [libc::SIGTERM, libc::SIGINT] {
+        // SAFETY: the handler only stores to an atomic (async-signal-safe);
+        // the sigaction struct is fully initialised from zeroes.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = on_stop_signal as *const () as usize;
+            libc::sigemptyset(&mut action.sa_mask);
+            libc::sigaction(signal, &action, std::ptr::null_mut());
+        }
+    }
+}
+
+/// Binds the control socket at `path` (mode 0600, close-on-exec,
+/// non-blocking), replacing a stale one.
+///
+/// # Errors
+/// `Io` if it cannot be bound.
+pub fn bind(path: &Path) -> Result<OwnedFd, FabricError> {
+    let io = |op, e: rustix::io::Errno| FabricError::Io {
+        op,
+        target: path.display().to_string(),
+        source: e.into(),
+    };
+    // The caller holds the instance lock, so a socket file here belongs to
+    // a supervisor that died: replace it.
+    match std::fs::remove_file(path) {
+        Ok(()) => tracing::info!("replaced the stale socket {}", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(source) => {
+            return Err(FabricError::Io {
+                op: "unlink",
+                target: path.display().to_string(),
+                source,
+            });
+        }
+    }
+    let fd = rustix::net::socket_with(
+        AddressFamily::UNIX,
+        SocketType::SEQPACKET,
+        SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        None,
+    )
+    .map_err(|e| io("socket", e))?;
+    let addr = SocketAddrUnix::new(path).map_err(|e| io("socket path", e))?;
+    rustix::net::bind(&fd, &addr).map_err(|e| io("bind", e))?;
+    rustix::fs::chmod(path, rustix::fs::Mode::from_raw_mode(0o600)).map_err(|e| io("chmod", e))?;
+    rustix::net::listen(&fd, 128).map_err(|e| io("listen", e))?;
+    Ok(fd)
+}
+
+struct Connection {
+    socket: OwnedFd,
+    /// The peer's pidfd: readable once the process has exited.
+    pidfd: Option<OwnedFd>,
+    peer: Peer,
+}
+
+/// Serves until a `Shutdown` request or a stop signal, then shuts the
+/// supervisor down.
+pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
+    let mut connections: BTreeMap<u64, Connection> = BTreeMap::new();
+    let mut next_id = 0u64;
+    let mut next_tick = Instant::now();
+    while !STOP.load(Ordering::Relaxed) && !supervisor.shutdown_requested() {
+        let ids: Vec<u64> = connections.keys().copied().collect();
+        let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
+        for conn in connections.values() {
+            fds.push(PollFd::new(&conn.socket, PollFlags::IN));
+            if let Some(pidfd) = &conn.pidfd {
+                fds.push(PollFd::new(pidfd, PollFlags::IN));
+            }
+        }
+        let timeout = next_tick.saturating_duration_since(Instant::now());
+        let timeout = rustix::time::Timespec {
+            tv_sec: timeout.as_secs() as i64,
+            tv_nsec: i64::from(timeout.subsec_nanos()),
+        };
+        match rustix::event::poll(&mut fds, Some(&timeout)) {
+            Ok(_) | Err(rustix::io::Errno::INTR) => {}
+            Err(e) => {
+                tracing::error!("poll: {e}");
+                break;
+            }
+        }
+        let listener_ready = !fds[0].revents().is_empty();
+        let mut events = Vec::with_capacity(ids.len());
+        let mut at = 1;
+        for id in &ids {
+            let socket = fds[at].revents();
+            at += 1;
+            let exited = if connections[id].pidfd.is_some() {
+                at += 1;
+                !fds[at - 1].revents().is_empty()
+            } else {
+                false
+            };
+            events.push((*id, socket, exited));
+        }
+        drop(fds);
+        for (id, socket, exited) in events {
+            if exited {
+                close(&mut supervisor, &mut connections, id, Ending::Died);
+            } else if !socket.is_empty() {
+                serve_one(&mut supervisor, &mut connections, id, socket);
+            }
+        }
+        if listener_ready {
+            accept_all(&listener, &mut connections, &mut next_id);
+        }
+        if Instant::now() >= next_tick {
+            supervisor.tick(unix_time_ms());
+            next_tick = Instant::now() + REAPER_PERIOD;
+        }
+    }
+    drop(connections);
+    supervisor.shut_down();
+}
+
+fn accept_all(listener: &OwnedFd, connections: &mut BTreeMap<u64, Connection>, next: &mut u64) {
+    loop {
+        let socket = match rustix::net::accept_with(
+            listener,
+            SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
+        ) {
+            Ok(socket) => socket,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
+            Err(e) => {
+                tracing::warn!("accept: {e}");
+                return;
+            }
+        };
+        if connections.len() >= MAX_CONNECTIONS {
+            tracing::warn!("refused a connection: {MAX_CONNECTIONS} open already");
+            continue;
+        }
+        let (pidfd, process) = match peer_identity(&socket) {
+            Ok(found) => found,
+            Err(e) => {
+                tracing::warn!("no peer identity ({e}); the connection may not attach");
+                (None, None)
+            }
+        };
+        *next += 1;
+        connections.insert(
+            *next,
+            Connection {
+                socket,
+                pidfd,
+                peer: Peer {
+                    process,
+                    incarnation: None,
+                },
+            },
+        );
+    }
+}
+
+fn serve_one(
+    supervisor: &mut Supervisor,
+    connections: &mut BTreeMap<u64, Connection>,
+    id: u64,
+    events: PollFlags,
+) {
+    let conn = connections.get_mut(&id).expect("polled connections exist");
+    let mut buf = vec![0u8; MAX_MESSAGE + 1];
+    let len = match rustix::net::recv(
+        &conn.socket,
+        &mut buf[..],
+        RecvFlags::DONTWAIT | RecvFlags::TRUNC,
+    ) {
+        Ok((_, 0)) if events.intersects(PollFlags::HUP | PollFlags::ERR) => {
+            return close(supervisor, connections, id, Ending::Detached);
+        }
+        Ok((_, len)) => len,
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
+        Err(_) => return close(supervisor, connections, id, Ending::Detached),
+    };
+    // With TRUNC, `len` is the message's real length: one longer than the
+    // buffer reaches the decoder at the buffer's length, past the limit,
+    // and is refused for it.
+    let message = &buf[..len.min(buf.len())];
+    let reply = supervisor.handle_message(&mut conn.peer, message);
+    if let Err(e) = rustix::net::send(
+        &conn.socket,
+        &reply,
+        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
+    ) {
+        tracing::warn!(connection = id, "reply not sent ({e}); closing");
+        close(supervisor, connections, id, Ending::Detached);
+    }
+}
+
+/// Closes a connection; its participant, if any, ends (as dead if its
+/// process is gone, whatever `ending` says).
+fn close(
+    supervisor: &mut Supervisor,
+    connections: &mut BTreeMap<u64, Connection>,
+    id: u64,
+    ending: Ending,
+) {
+    let Some(conn) = connections.remove(&id) else {
+        return;
+    };
+    if let Some(incarnation) = conn.peer.incarnation {
+        let gone = conn.pidfd.as_ref().is_some_and(exited)
+            || conn.peer.process.is_some_and(|p| !p.is_alive());
+        let ending = if gone { Ending::Died } else { ending };
+        supervisor.participant_ended(incarnation, ending, unix_time_ms());
+    }
+}
+
+/// Whether a pidfd's process has exited (the fd polls readable).
+fn exited(pidfd: &OwnedFd) -> bool {
+    let mut fds = [PollFd::new(pidfd, PollFlags::IN)];
+    let zero = rustix::time::Timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    matches!(rustix::event::poll(&mut fds, Some(&zero)), Ok(n) if n > 0)
+}
+
+/// The connected peer's pidfd (`SO_PEERPIDFD`) and identity: its pid as
+/// the pidfd names it, and its start time, read while the pidfd shows the
+/// process alive (so a recycled pid cannot lend its start time).
+fn peer_identity(socket: &OwnedFd) -> std::io::Result<(Option<OwnedFd>, Option<ProcessId>)> {
+    const SO_PEERPIDFD: libc::c_int = 77;
+    let mut raw: libc::c_int = -1;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `raw` and `len` are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            socket.as_fd().as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_PEERPIDFD,
+            (&raw mut raw).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 || raw < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: getsockopt succeeded, so `raw` is a fresh pidfd we own.
+    let pidfd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let pid = pidfd_pid(&pidfd)?;
+    let process = ProcessId::of(pid);
+    if exited(&pidfd) {
+        return Ok((Some(pidfd), None));
+    }
+    Ok((Some(pidfd), process))
+}
+
+/// The pid a pidfd names, from `/proc/self/fdinfo`.
+fn pidfd_pid(pidfd: &OwnedFd) -> std::io::Result<u32> {
+    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", pidfd.as_raw_fd()))?;
+    info.lines()
+        .find_map(|line| line.strip_prefix("Pid:"))
+        .and_then(|pid| pid.trim().parse().ok())
+        .filter(|&pid: &i64| pid > 0)
+        .map(|pid| pid as u32)
+        .ok_or_else(|| std::io::Error::other("no live pid in the pidfd's fdinfo"))
+}

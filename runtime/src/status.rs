@@ -1,0 +1,335 @@
+//! `grafos status`: what the instance's registry, counters and queues say,
+//! read straight from shared memory (no request disturbs the supervisor,
+//! and it works while none runs).
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use grafos_worker::FabricError;
+use grafos_worker::collections::queue::FabricQueue;
+use grafos_worker::host::unix_time_ms;
+use grafos_worker::instance::InstancePaths;
+use grafos_worker::layout::header::{Expect, SegmentKind};
+use grafos_worker::layout::registry::{
+    Counter, InstanceCounters, Registry, lease_kind, lease_state,
+};
+use grafos_worker::participant::{liveness_file, liveness_locked};
+use grafos_worker::process::ProcessId;
+use grafos_worker::registry::Mapped;
+use grafos_worker::segment::{Segment, SegmentName, list_segments};
+use serde::Serialize;
+use std::sync::atomic::Ordering::Relaxed;
+
+/// Everything `grafos status` shows.
+#[derive(Debug, Serialize)]
+pub struct Status {
+    /// The instance.
+    pub instance: String,
+    /// The supervisor.
+    pub supervisor: SupervisorStatus,
+    /// The shared-memory pool.
+    pub memory_pool: PoolStatus,
+    /// The block pool.
+    pub block_pool: PoolStatus,
+    /// Leases.
+    pub leases: Vec<LeaseStatus>,
+    /// Attached processes.
+    pub participants: Vec<ParticipantStatus>,
+    /// Queues of the instance.
+    pub queues: Vec<QueueStatus>,
+    /// Instance counters by name.
+    pub counters: BTreeMap<&'static str, u64>,
+}
+
+/// The supervisor process.
+#[derive(Debug, Serialize)]
+pub struct SupervisorStatus {
+    /// Its pid, if one is recorded.
+    pub pid: Option<u32>,
+    /// Whether that process runs.
+    pub alive: bool,
+    /// Milliseconds since its last reaper pass.
+    pub heartbeat_age_ms: u64,
+}
+
+/// A budget.
+#[derive(Debug, Serialize)]
+pub struct PoolStatus {
+    /// Size in bytes.
+    pub capacity: u64,
+    /// Bytes held by leases.
+    pub used: u64,
+    /// Bytes free.
+    pub free: u64,
+}
+
+/// A lease.
+#[derive(Debug, Serialize)]
+pub struct LeaseStatus {
+    /// Id.
+    pub id: u64,
+    /// `mem` or `block`.
+    pub kind: &'static str,
+    /// `active`, `expired`, `poisoned` or `unlinked`.
+    pub state: &'static str,
+    /// Size in bytes.
+    pub bytes: u64,
+    /// Milliseconds to the deadline (0 once past).
+    pub ttl_left_ms: u64,
+    /// Participants holding it.
+    pub holders: u64,
+}
+
+/// An attached process.
+#[derive(Debug, Serialize)]
+pub struct ParticipantStatus {
+    /// Incarnation.
+    pub incarnation: u64,
+    /// Pid.
+    pub pid: u32,
+    /// Whether it holds its liveness lock (or, without a file, runs).
+    pub alive: bool,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+}
+
+/// A FabricQueue segment.
+#[derive(Debug, Serialize)]
+pub struct QueueStatus {
+    /// Object name.
+    pub name: String,
+    /// Records in it.
+    pub depth: u64,
+    /// Slots.
+    pub capacity: u64,
+    /// Positions claimed by producers (pushes, tombstoned ones included).
+    pub pushes: u64,
+    /// Positions taken by consumers.
+    pub pops: u64,
+    /// Incarnations repaired.
+    pub repairs: u64,
+    /// Claims turned into tombstones by repair or seal.
+    pub tombstones: u64,
+    /// Whether it is sealed.
+    pub sealed: bool,
+    /// Why it could not be read, if it could not.
+    pub error: Option<String>,
+}
+
+/// Reads the instance's status.
+///
+/// # Errors
+/// `NotFound` if the instance has no registry (it is not up); others if
+/// it is unreadable.
+pub fn read(paths: &InstancePaths) -> Result<Status, FabricError> {
+    let registry = Mapped::<Registry>::open(&paths.registry(), None)?;
+    let token = registry.segment().fields().instance_token;
+    let reg = registry.get();
+    let now = unix_time_ms();
+    let control = &reg.control;
+    let supervisor_raw = control.supervisor.load(Relaxed);
+    let supervisor = (supervisor_raw != 0).then(|| ProcessId::unpack(supervisor_raw));
+    let pool = |size: u64, used: u64| PoolStatus {
+        capacity: size,
+        used,
+        free: size.saturating_sub(used),
+    };
+    let counters = match Mapped::<InstanceCounters>::open(&paths.counters(), Some(token)) {
+        Ok(c) => Counter::ALL
+            .iter()
+            .map(|&k| (k.name(), c.get().get(k)))
+            .collect(),
+        Err(_) => BTreeMap::new(),
+    };
+    Ok(Status {
+        instance: paths.instance().to_owned(),
+        supervisor: SupervisorStatus {
+            pid: supervisor.map(|p| p.pid),
+            alive: supervisor.is_some_and(ProcessId::is_alive),
+            heartbeat_age_ms: now.saturating_sub(control.supervisor_heartbeat_ms.load(Relaxed)),
+        },
+        memory_pool: pool(
+            control.pool_size.load(Relaxed),
+            control.pool_used.load(Relaxed),
+        ),
+        block_pool: pool(
+            control.block_pool_size.load(Relaxed),
+            control.block_used.load(Relaxed),
+        ),
+        leases: reg
+            .leases()
+            .map(|l| LeaseStatus {
+                id: l.lease_id,
+                kind: match l.kind {
+                    lease_kind::MEM => "mem",
+                    lease_kind::BLOCK => "block",
+                    _ => "?",
+                },
+                state: match l.state {
+                    lease_state::ACTIVE => "active",
+                    lease_state::EXPIRED => "expired",
+                    lease_state::POISONED => "poisoned",
+                    lease_state::UNLINKED => "unlinked",
+                    _ => "?",
+                },
+                bytes: l.bytes,
+                ttl_left_ms: l.deadline_ms.saturating_sub(now),
+                holders: l.holders,
+            })
+            .collect(),
+        participants: reg
+            .participants()
+            .map(|p| {
+                let process = ProcessId::unpack(p.process);
+                let alive = liveness_locked(&liveness_file(paths, process))
+                    .unwrap_or_else(|| process.is_alive());
+                ParticipantStatus {
+                    incarnation: p.incarnation,
+                    pid: process.pid,
+                    alive,
+                    heartbeat_age_ms: now.saturating_sub(p.heartbeat_ms),
+                }
+            })
+            .collect(),
+        queues: queues(paths.instance())?,
+        counters,
+    })
+}
+
+fn queues(instance: &str) -> Result<Vec<QueueStatus>, FabricError> {
+    let mut out = Vec::new();
+    for object in list_segments(instance)? {
+        let name = SegmentName::new(instance, &object)?;
+        let expect = Expect {
+            kind: Some(SegmentKind::Queue),
+            ..Expect::default()
+        };
+        let snapshot = match Segment::open(&name, &expect) {
+            Err(FabricError::Layout {
+                source: grafos_worker::layout::LayoutError::KindMismatch { .. },
+                ..
+            })
+            | Err(FabricError::NotFound(_)) => continue,
+            Err(e) => Err(e),
+            Ok(segment) => FabricQueue::inspect(segment),
+        };
+        out.push(match snapshot {
+            Ok(q) => QueueStatus {
+                name: object,
+                depth: q.positions.depth(),
+                capacity: q.capacity,
+                pushes: q.positions.tail,
+                pops: q.positions.head,
+                repairs: q.counters.repairs,
+                tombstones: q.counters.claims_repaired + q.counters.seal_tombs,
+                sealed: q.positions.sealed,
+                error: None,
+            },
+            Err(e) => QueueStatus {
+                name: object,
+                depth: 0,
+                capacity: 0,
+                pushes: 0,
+                pops: 0,
+                repairs: 0,
+                tombstones: 0,
+                sealed: false,
+                error: Some(e.to_string()),
+            },
+        });
+    }
+    Ok(out)
+}
+
+/// The status as tables for people.
+pub fn render(status: &Status) -> String {
+    let mut out = String::new();
+    let s = &status.supervisor;
+    let _ = writeln!(
+        out,
+        "instance {}: supervisor {} (heartbeat {} ms ago)",
+        status.instance,
+        match (s.pid, s.alive) {
+            (Some(pid), true) => format!("pid {pid} running"),
+            (Some(pid), false) => format!("pid {pid} DEAD"),
+            (None, _) => "not running".to_owned(),
+        },
+        s.heartbeat_age_ms
+    );
+    for (what, pool) in [
+        ("memory", &status.memory_pool),
+        ("block", &status.block_pool),
+    ] {
+        let _ = writeln!(
+            out,
+            "{what} pool: {} of {} bytes used, {} free",
+            pool.used, pool.capacity, pool.free
+        );
+    }
+    let _ = writeln!(out, "\nLEASES");
+    let _ = writeln!(
+        out,
+        "{:>6} {:<5} {:<8} {:>12} {:>10} {:>7}",
+        "ID", "KIND", "STATE", "BYTES", "TTL LEFT", "HOLDERS"
+    );
+    for l in &status.leases {
+        let _ = writeln!(
+            out,
+            "{:>6} {:<5} {:<8} {:>12} {:>9.1}s {:>7}",
+            l.id,
+            l.kind,
+            l.state,
+            l.bytes,
+            l.ttl_left_ms as f64 / 1000.0,
+            l.holders
+        );
+    }
+    let _ = writeln!(out, "\nPARTICIPANTS");
+    let _ = writeln!(
+        out,
+        "{:>11} {:>8} {:<5} {:>13}",
+        "INCARNATION", "PID", "ALIVE", "HEARTBEAT AGE"
+    );
+    for p in &status.participants {
+        let _ = writeln!(
+            out,
+            "{:>11} {:>8} {:<5} {:>11}ms",
+            p.incarnation,
+            p.pid,
+            if p.alive { "yes" } else { "NO" },
+            p.heartbeat_age_ms
+        );
+    }
+    let _ = writeln!(out, "\nQUEUES");
+    let _ = writeln!(
+        out,
+        "{:<28} {:>7} {:>8} {:>10} {:>10} {:>7} {:>10}",
+        "NAME", "DEPTH", "SLOTS", "PUSHES", "POPS", "REPAIRS", "TOMBSTONES"
+    );
+    for q in &status.queues {
+        match &q.error {
+            Some(e) => {
+                let _ = writeln!(out, "{:<28} unreadable: {e}", q.name);
+            }
+            None => {
+                let _ = writeln!(
+                    out,
+                    "{:<28} {:>7} {:>8} {:>10} {:>10} {:>7} {:>10}{}",
+                    q.name,
+                    q.depth,
+                    q.capacity,
+                    q.pushes,
+                    q.pops,
+                    q.repairs,
+                    q.tombstones,
+                    if q.sealed { " sealed" } else { "" }
+                );
+            }
+        }
+    }
+    let _ = writeln!(out, "\nCOUNTERS");
+    for (name, value) in &status.counters {
+        let _ = writeln!(out, "{name:<24} {value}");
+    }
+    out
+}

@@ -1,0 +1,113 @@
+//! Where an instance lives: its runtime dir (control socket, supervisor
+//! lock, liveness files, default data dir) and its segment names.
+//!
+//! The runtime dir is `$GRAFOS_RUNTIME_DIR/<instance>`, else
+//! `$XDG_RUNTIME_DIR/grafos/<instance>`, else `/tmp/grafos-<uid>/<instance>`,
+//! so a worker finds its supervisor from the instance name alone.
+
+use std::path::PathBuf;
+
+use crate::error::Result;
+use crate::segment::{SegmentName, validate_instance};
+
+/// The instance `GRAFOS_INSTANCE` names, else `default`.
+pub fn instance_from_env() -> String {
+    std::env::var("GRAFOS_INSTANCE")
+        .ok()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "default".to_owned())
+}
+
+/// The paths and names of one instance.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InstancePaths {
+    instance: String,
+    runtime_dir: PathBuf,
+}
+
+impl InstancePaths {
+    /// The paths of `instance`.
+    ///
+    /// # Errors
+    /// `InvalidName` for a bad instance name.
+    pub fn new(instance: &str) -> Result<InstancePaths> {
+        validate_instance(instance)?;
+        Ok(InstancePaths {
+            instance: instance.to_owned(),
+            runtime_dir: runtime_root().join(instance),
+        })
+    }
+
+    /// The instance name.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The instance's runtime dir (mode 0700).
+    pub fn runtime_dir(&self) -> &PathBuf {
+        &self.runtime_dir
+    }
+
+    /// The supervisor's control socket.
+    pub fn socket(&self) -> PathBuf {
+        self.runtime_dir.join("control.sock")
+    }
+
+    /// The file the running supervisor holds `flock`ed.
+    pub fn supervisor_lock(&self) -> PathBuf {
+        self.runtime_dir.join("supervisor.lock")
+    }
+
+    /// Where a detached supervisor writes its log.
+    pub fn log_file(&self) -> PathBuf {
+        self.runtime_dir.join("supervisor.log")
+    }
+
+    /// The directory of participants' liveness files.
+    pub fn participants_dir(&self) -> PathBuf {
+        self.runtime_dir.join("participants")
+    }
+
+    /// The liveness file participant `incarnation` holds `flock`ed.
+    pub fn liveness_file(&self, incarnation: u64) -> PathBuf {
+        self.participants_dir().join(format!("{incarnation}.live"))
+    }
+
+    /// The data dir for block leases when `grafos up` is given none.
+    pub fn default_data_dir(&self) -> PathBuf {
+        self.runtime_dir.join("data")
+    }
+
+    /// The registry segment.
+    pub fn registry(&self) -> SegmentName {
+        self.name("registry")
+    }
+
+    /// The counters segment.
+    pub fn counters(&self) -> SegmentName {
+        self.name("counters")
+    }
+
+    /// The segment of memory lease `lease_id`.
+    pub fn lease_segment(&self, lease_id: u64) -> SegmentName {
+        self.name(&format!("lease.{lease_id}"))
+    }
+
+    fn name(&self, object: &str) -> SegmentName {
+        SegmentName::new(&self.instance, object).expect("fixed object names are valid")
+    }
+}
+
+/// The directory that holds every instance's runtime dir.
+fn runtime_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("GRAFOS_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir);
+    }
+    if let Some(dir) = std::env::var_os("XDG_RUNTIME_DIR").filter(|d| !d.is_empty()) {
+        return PathBuf::from(dir).join("grafos");
+    }
+    PathBuf::from(format!(
+        "/tmp/grafos-{}",
+        rustix::process::getuid().as_raw()
+    ))
+}

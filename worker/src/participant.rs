@@ -1,0 +1,208 @@
+//! This process as a participant of an instance: one control connection
+//! per instance and process, a registry row, a heartbeat and a liveness
+//! file.
+//!
+//! Before it attaches, a process creates `participants/<pid>.<start>.live`
+//! in the runtime dir (`O_CLOEXEC`) and holds an exclusive `flock` on it
+//! for as long as it lives; the supervisor refuses an attach whose file is
+//! not locked. The kernel drops the lock when the process dies, so anyone
+//! can tell a dead participant from a live one, even while the supervisor
+//! is down, and a recycled pid has another start time and so another file.
+//! (A child forked without `exec` shares the lock with its parent.)
+
+use std::fs::{File, OpenOptions};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+use std::sync::{Arc, Mutex, PoisonError, Weak};
+use std::time::Duration;
+
+use grafos_shm_layout::registry::{MAX_PARTICIPANTS, Registry};
+use rustix::fs::FlockOperation;
+
+use crate::control::{Connection, Reply, Request};
+use crate::error::{FabricError, Result};
+use crate::host::unix_time_ms;
+use crate::instance::InstancePaths;
+use crate::process::ProcessId;
+use crate::registry::Mapped;
+
+/// How often a participant stores its heartbeat.
+pub const HEARTBEAT_PERIOD: Duration = Duration::from_millis(500);
+
+/// This process attached to one instance.
+#[derive(Debug)]
+pub struct Attachment {
+    paths: InstancePaths,
+    connection: Mutex<Connection>,
+    incarnation: u64,
+    row: usize,
+    instance_token: u64,
+    registry: Mapped<Registry>,
+}
+
+/// Attachments of this process, one per instance.
+static ATTACHMENTS: Mutex<Vec<Arc<Attachment>>> = Mutex::new(Vec::new());
+
+/// This process's attachment to `instance`, made on first use and shared
+/// by every lease of the process.
+///
+/// # Errors
+/// `Disconnected` if no supervisor runs; `Refused` if it refuses.
+pub fn attach(instance: &str) -> Result<Arc<Attachment>> {
+    let mut all = ATTACHMENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(found) = all.iter().find(|a| a.paths.instance() == instance) {
+        return Ok(found.clone());
+    }
+    let attachment = Arc::new(Attachment::new(InstancePaths::new(instance)?)?);
+    start_heartbeat(Arc::downgrade(&attachment));
+    all.push(attachment.clone());
+    Ok(attachment)
+}
+
+/// The liveness file of a process.
+pub fn liveness_file(paths: &InstancePaths, process: ProcessId) -> std::path::PathBuf {
+    paths
+        .participants_dir()
+        .join(format!("{}.{}.live", process.pid, process.start_time))
+}
+
+/// Whether the liveness file at `path` is locked by a live process: `None`
+/// if there is no such file.
+pub fn liveness_locked(path: &Path) -> Option<bool> {
+    let file = File::open(path).ok()?;
+    match rustix::fs::flock(&file, FlockOperation::NonBlockingLockShared) {
+        // We got the lock, so nobody holds it; closing the file drops ours.
+        Ok(()) => Some(false),
+        Err(_) => Some(true),
+    }
+}
+
+impl Attachment {
+    fn new(paths: InstancePaths) -> Result<Attachment> {
+        let connection = Connection::connect(paths.instance(), &paths.socket())?;
+        hold_liveness_file(&paths)?;
+        let Reply::Attached {
+            incarnation,
+            row,
+            instance_token,
+        } = connection.call(&Request::Attach)?
+        else {
+            return Err(FabricError::Refused("unexpected reply to Attach".into()));
+        };
+        let row = usize::try_from(row)
+            .ok()
+            .filter(|&r| r < MAX_PARTICIPANTS)
+            .ok_or_else(|| FabricError::Refused(format!("registry row {row} out of range")))?;
+        let registry = Mapped::open(&paths.registry(), Some(instance_token))?;
+        Ok(Attachment {
+            paths,
+            connection: Mutex::new(connection),
+            incarnation,
+            row,
+            instance_token,
+            registry,
+        })
+    }
+
+    /// Sends a request to the supervisor. A lost connection drops this
+    /// attachment from the process's cache, so the next `attach` makes a
+    /// new one (with a new incarnation).
+    ///
+    /// # Errors
+    /// `Disconnected`, or the supervisor's error reply.
+    pub fn call(self: &Arc<Self>, request: &Request) -> Result<Reply> {
+        let result = self
+            .connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .call(request);
+        if let Err(FabricError::Disconnected { .. }) = result {
+            ATTACHMENTS
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .retain(|a| !Arc::ptr_eq(a, self));
+        }
+        result
+    }
+
+    /// The instance's paths.
+    pub fn paths(&self) -> &InstancePaths {
+        &self.paths
+    }
+
+    /// This process's incarnation in the instance (never reused).
+    pub fn incarnation(&self) -> u64 {
+        self.incarnation
+    }
+
+    /// The token every segment of the instance carries.
+    pub fn instance_token(&self) -> u64 {
+        self.instance_token
+    }
+
+    /// The instance registry.
+    pub fn registry(&self) -> &Registry {
+        self.registry.get()
+    }
+
+    fn beat(&self) {
+        let row = &self.registry().participants[self.row];
+        // The row is ours while it names our incarnation; the supervisor
+        // owns every other field, so a stale beat lands nowhere else.
+        if row.incarnation.load(std::sync::atomic::Ordering::Relaxed) == self.incarnation {
+            row.heartbeat_ms
+                .store(unix_time_ms(), std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+}
+
+/// Liveness files this process holds locked, open for its whole life (a
+/// second open of one would conflict with the first's lock).
+static LIVENESS_FILES: Mutex<Vec<(std::path::PathBuf, File)>> = Mutex::new(Vec::new());
+
+/// Creates and locks this process's liveness file for `paths`, unless it
+/// holds it already.
+fn hold_liveness_file(paths: &InstancePaths) -> Result<()> {
+    let path = liveness_file(paths, ProcessId::current());
+    let mut held = LIVENESS_FILES
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if held.iter().any(|(p, _)| *p == path) && path.exists() {
+        return Ok(());
+    }
+    held.retain(|(p, _)| *p != path);
+    let io = |op, source| FabricError::Io {
+        op,
+        target: path.display().to_string(),
+        source,
+    };
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| io("open", e))?;
+    rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive)
+        .map_err(|e| io("flock", e.into()))?;
+    held.push((path, file));
+    Ok(())
+}
+
+/// Stores the heartbeat every [`HEARTBEAT_PERIOD`] until the attachment
+/// is gone.
+fn start_heartbeat(attachment: Weak<Attachment>) {
+    let spawned = std::thread::Builder::new()
+        .name("grafos-heartbeat".into())
+        .spawn(move || {
+            while let Some(a) = attachment.upgrade() {
+                a.beat();
+                drop(a);
+                std::thread::sleep(HEARTBEAT_PERIOD);
+            }
+        });
+    if let Err(e) = spawned {
+        tracing::warn!("no heartbeat thread ({e}); heartbeat ages will grow");
+    }
+}
