@@ -139,7 +139,11 @@ fn main() -> ExitCode {
         .init();
     let paths = match InstancePaths::new(&cli.instance) {
         Ok(paths) => paths,
-        Err(e) => return fail(e),
+        Err(e) => {
+            // A usage error, as clap reports its own.
+            eprintln!("grafos: {e}");
+            return ExitCode::from(2);
+        }
     };
     let result = match cli.command {
         Command::Up {

@@ -38,6 +38,19 @@ impl InstancePaths {
         })
     }
 
+    /// The paths of `instance` with its runtime dir under `root` instead of
+    /// the default root (for tests and tools that keep instances apart).
+    ///
+    /// # Errors
+    /// `InvalidName` for a bad instance name.
+    pub fn in_root(instance: &str, root: &std::path::Path) -> Result<InstancePaths> {
+        validate_instance(instance)?;
+        Ok(InstancePaths {
+            instance: instance.to_owned(),
+            runtime_dir: root.join(instance),
+        })
+    }
+
     /// The instance name.
     pub fn instance(&self) -> &str {
         &self.instance

@@ -1,0 +1,440 @@
+//! The tests, in the order they run.
+
+use std::time::{Duration, Instant};
+
+use grafos_worker::collections::queue::{FabricQueue, QueueConfig};
+use grafos_worker::control::{
+    Connection, ControlError, FRAME_HEADER, MAX_MESSAGE, Reply, Request, decode, encode,
+};
+use grafos_worker::host::unix_time_ms;
+use grafos_worker::instance::InstancePaths;
+use grafos_worker::segment::{SegmentName, list_segments};
+
+use crate::{DEADLINE, Instance, text};
+
+type Test = fn();
+
+pub const ALL: &[(&str, Test)] = &[
+    (
+        "up_refuses_a_second_supervisor_and_down_cleans_up",
+        up_twice_and_down,
+    ),
+    (
+        "memory_lease_across_processes",
+        memory_lease_across_processes,
+    ),
+    ("block_lease_across_processes", block_lease_across_processes),
+    ("budget_refuses_and_recovers", budget_refuses_and_recovers),
+    (
+        "expiry_fails_handles_and_renewal_keeps_leases",
+        expiry_and_renewal,
+    ),
+    ("poisoned_and_expired_by_hand", poison_and_expire_by_hand),
+    (
+        "killed_participant_is_repaired",
+        killed_participant_is_repaired,
+    ),
+    (
+        "bad_requests_through_the_socket",
+        bad_requests_through_the_socket,
+    ),
+    (
+        "scribbled_segments_yield_errors",
+        scribbled_segments_yield_errors,
+    ),
+    ("down_after_a_dead_supervisor", down_after_a_dead_supervisor),
+];
+
+fn lease_id(answer: &str) -> u64 {
+    answer
+        .split_whitespace()
+        .next()
+        .and_then(|id| id.parse().ok())
+        .unwrap_or_else(|| panic!("no lease id in {answer:?}"))
+}
+
+fn leases(status: &serde_json::Value) -> &Vec<serde_json::Value> {
+    status["leases"].as_array().expect("leases array")
+}
+
+fn lease_row(status: &serde_json::Value, id: u64) -> Option<&serde_json::Value> {
+    leases(status).iter().find(|l| l["id"] == id)
+}
+
+fn up_twice_and_down() {
+    let instance = Instance::new("twice");
+    instance.up(&[]);
+    let socket = instance.runtime_dir().join("control.sock");
+    let mode = std::fs::metadata(&socket).map(|m| {
+        use std::os::unix::fs::PermissionsExt;
+        m.permissions().mode() & 0o777
+    });
+    assert_eq!(mode.unwrap(), 0o600, "socket mode");
+    let second = instance.grafos(&["up", "--detach"]);
+    assert!(!second.status.success());
+    assert!(
+        text(&second).contains("already up"),
+        "second up said: {}",
+        text(&second)
+    );
+    let names = list_segments(&instance.name).unwrap();
+    assert_eq!(names, ["counters", "registry"]);
+    let down = instance.grafos(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    instance.assert_clean();
+    let again = instance.grafos(&["down"]);
+    assert!(again.status.success());
+    assert!(text(&again).contains("not up"));
+}
+
+fn memory_lease_across_processes() {
+    let instance = Instance::new("mem");
+    instance.up(&[]);
+    let (mut a, mut b) = (instance.peer(), instance.peer());
+    let id = lease_id(&a.ok("acquire-mem 10000 30"));
+    a.ok("write hello");
+    b.ok(&format!("open-mem {id}"));
+    assert_eq!(b.ok("read 5"), "hello");
+    b.ok("renew 120");
+    let status = instance.status();
+    let row = lease_row(&status, id).expect("lease listed");
+    assert_eq!(row["holders"], 2);
+    assert_eq!(row["kind"], "mem");
+    assert_eq!(row["bytes"], 12288, "rounded up to pages");
+    assert!(row["ttl_left_ms"].as_u64().unwrap() > 60_000, "{row}");
+    assert_eq!(status["memory_pool"]["used"], 12288);
+    assert_eq!(status["participants"].as_array().unwrap().len(), 2);
+    a.ok("release");
+    // B still holds it.
+    assert_eq!(b.ok("read 5"), "hello");
+    b.ok("release");
+    instance.await_status("the lease to go", |s| {
+        leases(s).is_empty() && s["memory_pool"]["used"] == 0
+    });
+    assert_eq!(
+        list_segments(&instance.name).unwrap(),
+        ["counters", "registry"]
+    );
+    assert_eq!(instance.counter("leases_released"), 1);
+    drop((a, b));
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn block_lease_across_processes() {
+    let instance = Instance::new("blk");
+    let data_dir = instance.root.join("blocks");
+    instance.up(&["--data-dir", data_dir.to_str().unwrap()]);
+    let (mut a, mut b) = (instance.peer(), instance.peer());
+    let answer = a.ok("acquire-block 4 30");
+    let id = lease_id(&answer);
+    let path = answer.split_whitespace().nth(1).unwrap().to_owned();
+    assert!(path.starts_with(data_dir.to_str().unwrap()), "{path}");
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 4096);
+    a.ok("write checkpoint-7");
+    b.ok(&format!("open-block {id}"));
+    assert_eq!(b.ok("read 12"), "checkpoint-7");
+    b.ok("renew 60");
+    a.ok("release");
+    b.ok("release");
+    instance.await_status("the block lease to go", |s| {
+        leases(s).is_empty() && s["block_pool"]["used"] == 0
+    });
+    assert!(!std::path::Path::new(&path).exists(), "lease file left");
+    drop((a, b));
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn budget_refuses_and_recovers() {
+    let instance = Instance::new("budget");
+    instance.up(&["--pool-size", "64K"]);
+    let (mut a, mut b) = (instance.peer(), instance.peer());
+    a.ok("acquire-mem 49152 30");
+    let refused = b.cmd("acquire-mem 32768 30").unwrap_err();
+    assert!(
+        refused.contains("16384 of 65536 bytes free") && refused.contains("32768"),
+        "{refused}"
+    );
+    assert_eq!(instance.counter("budget_refusals"), 1);
+    // A waiting acquire gets its budget once A lets go.
+    b.send("acquire-mem 32768 30 15000");
+    a.ok("release");
+    b.answer().expect("the waiting acquire succeeds");
+    // A holder that dies keeps its lease until it expires; then the
+    // budget comes back.
+    let mut c = instance.peer();
+    let short = lease_id(&c.ok("acquire-mem 16384 1"));
+    c.kill();
+    assert!(b.cmd("acquire-mem 32768 30").is_err(), "pool is full");
+    instance.await_status("the dead holder's lease to expire", |s| {
+        lease_row(s, short).is_none()
+    });
+    let mut d = instance.peer();
+    d.ok("acquire-mem 16384 30");
+    // Absurd, zero-size and zero-TTL requests are refused with a reason.
+    for (request, reason) in [
+        ("acquire-mem 0 30", "zero bytes"),
+        ("acquire-mem 4096 0", "zero seconds"),
+        (
+            "acquire-mem 1099511627776 30",
+            "exceed the whole memory pool",
+        ),
+        ("acquire-mem 4096 99999999999", "exceeds"),
+        ("acquire-block 0 30", "zero bytes"),
+        ("acquire-block 18446744073709551615 30", "overflow"),
+    ] {
+        let e = d.cmd(request).unwrap_err();
+        assert!(e.contains(reason), "{request}: {e}");
+    }
+    drop((b, d));
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn expiry_and_renewal() {
+    let instance = Instance::new("expiry");
+    instance.up(&["--grace-secs", "1"]);
+    let (mut kept, mut left) = (instance.peer(), instance.peer());
+    let kept_answer = kept.ok("acquire-mem 4096 2");
+    let first_deadline: u64 = kept_answer
+        .split_whitespace()
+        .nth(1)
+        .unwrap()
+        .parse()
+        .unwrap();
+    let short = lease_id(&left.ok("acquire-mem 4096 1"));
+    left.ok("write before");
+    // The renewal manager keeps one lease alive past its first deadline.
+    kept.send("keep-alive 2 3500");
+    let deadline = Instant::now() + DEADLINE;
+    while left.cmd("check").is_ok() {
+        assert!(Instant::now() < deadline, "lease {short} never expired");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    for command in ["check", "read 6", "write after", "renew 10"] {
+        let e = left.cmd(command).unwrap_err();
+        assert!(
+            e.contains(&format!("lease {short} has expired")),
+            "{command}: {e}"
+        );
+    }
+    let renewed: u64 = kept.answer().expect("keep-alive").parse().unwrap();
+    assert!(renewed >= 1, "no renewal happened");
+    assert!(
+        unix_time_ms() > first_deadline,
+        "the test outlived the first deadline"
+    );
+    kept.ok("check");
+    // The expired segment is unlinked after the grace period even though
+    // its holder still maps it; the budget waits for the holder to go.
+    instance.await_status("the expired lease to be unlinked", |s| {
+        lease_row(s, short).is_some_and(|l| l["state"] == "unlinked")
+    });
+    let segment = format!("lease.{short}");
+    assert!(!list_segments(&instance.name).unwrap().contains(&segment));
+    assert!(left.cmd("check").is_err());
+    left.kill();
+    instance.await_status("the budget to come back", |s| lease_row(s, short).is_none());
+    assert!(instance.counter("leases_expired") >= 1);
+    drop(kept);
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn poison_and_expire_by_hand() {
+    let instance = Instance::new("drill");
+    instance.up(&[]);
+    let mut a = instance.peer();
+    let poisoned = lease_id(&a.ok("acquire-mem 4096 60"));
+    let out = instance.grafos(&["lease", "poison", &poisoned.to_string()]);
+    assert!(out.status.success(), "{}", text(&out));
+    let e = a.cmd("check").unwrap_err();
+    assert!(e.contains("poisoned"), "{e}");
+    let mut b = instance.peer();
+    let expired = lease_id(&b.ok("acquire-block 1 60"));
+    assert!(
+        instance
+            .grafos(&["lease", "expire", &expired.to_string()])
+            .status
+            .success()
+    );
+    assert!(b.cmd("check").unwrap_err().contains("expired"));
+    let unknown = instance.grafos(&["lease", "expire", "999999"]);
+    assert!(!unknown.status.success());
+    assert!(
+        text(&unknown).contains("no lease 999999"),
+        "{}",
+        text(&unknown)
+    );
+    assert_eq!(instance.counter("leases_poisoned"), 1);
+    drop((a, b));
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn killed_participant_is_repaired() {
+    let instance = Instance::new("repair");
+    instance.up(&[]);
+    let name = SegmentName::new(&instance.name, "jobs").unwrap();
+    let queue = FabricQueue::create(&name, &QueueConfig::new(8, 32)).unwrap();
+    let mut worker = instance.peer();
+    worker.ok("claim jobs");
+    instance.await_status("the worker to attach", |s| {
+        s["participants"].as_array().unwrap().len() == 1
+    });
+    worker.kill();
+    instance.await_status("the repair", |s| {
+        s["counters"]["participants_died"] == 1
+            && s["counters"]["claims_repaired"] == 1
+            && s["participants"].as_array().unwrap().is_empty()
+    });
+    let status = instance.status();
+    let row = &status["queues"][0];
+    assert_eq!(row["name"], "jobs");
+    assert_eq!(row["tombstones"], 1);
+    // The queue flows past the dead claim.
+    queue.try_push(b"after").unwrap();
+    assert_eq!(queue.try_pop().unwrap().as_deref(), Some(&b"after"[..]));
+    drop(queue);
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn bad_requests_through_the_socket() {
+    let instance = Instance::new("garbage");
+    instance.up(&[]);
+    let paths = InstancePaths::in_root(&instance.name, &instance.root).unwrap();
+    let connection = Connection::connect(&instance.name, &paths.socket()).unwrap();
+    let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    let mut random = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let good = encode(&Request::AcquireMem {
+        min_bytes: 4096,
+        lease_secs: 10,
+    });
+    for i in 0..1200 {
+        let message = match i % 4 {
+            0 => (0..random() % 64).map(|_| random() as u8).collect(),
+            1 => good[..(random() as usize % good.len())].to_vec(),
+            2 => vec![0xAB; MAX_MESSAGE + 1 + (random() as usize % 4096)],
+            _ => {
+                let mut wrong = good.clone();
+                wrong[4] = 2 + (random() % 200) as u8;
+                wrong
+            }
+        };
+        let reply = connection
+            .exchange(&message)
+            .expect("the supervisor replies");
+        match decode::<Reply>(&reply) {
+            Ok(Reply::Error(ControlError::Malformed(_) | ControlError::Version { .. })) => {}
+            Ok(Reply::Error(ControlError::NotAttached)) if message.len() > FRAME_HEADER => {}
+            other => panic!("message {i} ({} bytes) got {other:?}", message.len()),
+        }
+    }
+    assert!(instance.counter("bad_messages") >= 1000);
+    // Still serving, on this connection and on new ones.
+    assert!(matches!(
+        connection.call(&Request::Ping),
+        Ok(Reply::Pong { .. })
+    ));
+    let mut peer = instance.peer();
+    peer.ok("acquire-mem 4096 30");
+    drop(peer);
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn scribbled_segments_yield_errors() {
+    let instance = Instance::new("scribble");
+    instance.up(&[]);
+    let name = SegmentName::new(&instance.name, "jobs").unwrap();
+    let queue = FabricQueue::create(&name, &QueueConfig::new(8, 32)).unwrap();
+    drop(queue);
+    let mut holder = instance.peer();
+    let id = lease_id(&holder.ok("acquire-mem 4096 60"));
+    let mut claimer = instance.peer();
+    claimer.ok("claim jobs");
+    // Another process (this one) writes random bytes over every segment of
+    // the instance, headers included.
+    let mut seed = 0x2545_f491_4f6c_dd1du64;
+    for object in list_segments(&instance.name).unwrap() {
+        let path = format!("/dev/shm/grafos.{}.{object}", instance.name);
+        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        let junk: Vec<u8> = (0..len)
+            .map(|_| {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                seed as u8
+            })
+            .collect();
+        std::fs::write(&path, junk).unwrap();
+    }
+    // A death makes the supervisor repair the scribbled queue.
+    claimer.kill();
+    let status = instance.grafos(&["status"]);
+    assert!(status.status.code().is_some(), "status crashed: {status:?}");
+    let json = instance.grafos(&["status", "--json"]);
+    assert!(
+        json.status.code().is_some(),
+        "status --json crashed: {json:?}"
+    );
+    let segments = instance.grafos(&["segments"]);
+    assert!(segments.status.success(), "{}", text(&segments));
+    // The lease's user gets errors or data, never a crash.
+    let _ = holder.cmd("check");
+    let _ = holder.cmd("read 16");
+    let _ = holder.cmd(&format!("open-mem {id}"));
+    // The supervisor still serves.
+    let paths = InstancePaths::in_root(&instance.name, &instance.root).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let ping = Connection::connect(&instance.name, &paths.socket())
+            .and_then(|c| c.call(&Request::Ping));
+        if matches!(ping, Ok(Reply::Pong { .. })) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "supervisor stopped answering: {ping:?}"
+        );
+    }
+    drop(holder);
+    let down = instance.grafos(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    instance.assert_clean();
+}
+
+fn down_after_a_dead_supervisor() {
+    let instance = Instance::new("orphan");
+    let data_dir = instance.root.join("blocks");
+    instance.up(&["--data-dir", data_dir.to_str().unwrap()]);
+    let mut a = instance.peer();
+    a.ok("acquire-mem 4096 60");
+    let answer = a.ok("acquire-block 2 60");
+    let path = answer.split_whitespace().nth(1).unwrap().to_owned();
+    let pid = instance.status()["supervisor"]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on the supervisor this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    instance.await_status("the supervisor to be seen dead", |s| {
+        s["supervisor"]["alive"] == false
+    });
+    // Workers keep what they mapped.
+    a.ok("check");
+    let down = instance.grafos(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    assert!(
+        text(&down).contains("removed what it left"),
+        "{}",
+        text(&down)
+    );
+    assert!(!std::path::Path::new(&path).exists(), "block file left");
+    assert!(a.cmd("check").unwrap_err().contains("expired"));
+    instance.assert_clean();
+}
