@@ -8,6 +8,7 @@
 
 mod iox;
 mod mpmc;
+mod repair;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -39,6 +40,12 @@ struct Args {
     /// Only the FabricQueue (MPMC) tables.
     #[arg(long)]
     mpmc_only: bool,
+    /// Only the death-to-repair row.
+    #[arg(long)]
+    repair_only: bool,
+    /// SIGKILLs for the death-to-repair row.
+    #[arg(long, default_value_t = 200)]
+    kills: usize,
     /// Record sizes for the throughput rows (repeat the flag; default 64,
     /// 1024 and 65536).
     #[arg(long = "size")]
@@ -66,6 +73,10 @@ fn main() {
         "fabric-bench: medians of {runs} runs; producer/ping side on CPU 0, consumer/pong side on CPU 1"
     );
     println!("(ratio columns: median of the per-run ratios)\n");
+    if args.repair_only {
+        repair::repair_table(args.kills);
+        return;
+    }
     if !args.mpmc_only {
         throughput_table(&sizes, runs, scale, args.no_iceoryx2);
     }
@@ -76,6 +87,7 @@ fn main() {
     }
     latency_table(runs, scale, args.no_iceoryx2);
     blocking_table(runs, scale);
+    repair::repair_table(args.kills);
     iox::cleanup();
 }
 
@@ -154,6 +166,7 @@ fn child(args: &[String]) -> i32 {
         "queue-consume" => mpmc::queue_consume(&args[1], num(2), num(3) as usize),
         "queue-block-produce" => mpmc::queue_block_produce(&args[1], &args[2], num(3)),
         "queue-block-consume" => mpmc::queue_block_consume(&args[1], &args[2]),
+        "claimer" => repair::claimer(&args[1]),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }

@@ -88,11 +88,20 @@ pub fn bind(path: &Path) -> Result<OwnedFd, FabricError> {
 }
 
 struct Connection {
-    socket: OwnedFd,
+    /// `None` once the peer hung up while its process still looked alive:
+    /// a killed process closes its sockets before its pidfd turns
+    /// readable, so the pidfd is watched a little longer to tell a death
+    /// from a detach.
+    socket: Option<OwnedFd>,
     /// The peer's pidfd: readable once the process has exited.
     pidfd: Option<OwnedFd>,
     peer: Peer,
+    hung_up: Option<Instant>,
 }
+
+/// How long a hung-up participant's pidfd is watched before its departure
+/// counts as a detach.
+const DEPARTURE_WINDOW: Duration = Duration::from_secs(1);
 
 /// Serves until a `Shutdown` request or a stop signal, then shuts the
 /// supervisor down.
@@ -101,13 +110,17 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
     let mut next_id = 0u64;
     let mut next_tick = Instant::now();
     while !STOP.load(Ordering::Relaxed) && !supervisor.shutdown_requested() {
-        let ids: Vec<u64> = connections.keys().copied().collect();
+        // The poll set: the listener, then each connection's socket and
+        // pidfd (whichever it has), remembered by index.
         let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
-        for conn in connections.values() {
-            fds.push(PollFd::new(&conn.socket, PollFlags::IN));
-            if let Some(pidfd) = &conn.pidfd {
-                fds.push(PollFd::new(pidfd, PollFlags::IN));
-            }
+        let mut slots = Vec::with_capacity(connections.len());
+        for (&id, conn) in &connections {
+            let [socket, pidfd] = [conn.socket.as_ref(), conn.pidfd.as_ref()].map(|fd| {
+                let fd = fd?;
+                fds.push(PollFd::new(fd, PollFlags::IN));
+                Some(fds.len() - 1)
+            });
+            slots.push((id, socket, pidfd));
         }
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let timeout = rustix::time::Timespec {
@@ -121,30 +134,30 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
                 break;
             }
         }
+        let revents = |i: Option<usize>| i.map_or(PollFlags::empty(), |i| fds[i].revents());
         let listener_ready = !fds[0].revents().is_empty();
-        let mut events = Vec::with_capacity(ids.len());
-        let mut at = 1;
-        for id in &ids {
-            let socket = fds[at].revents();
-            at += 1;
-            let exited = if connections[id].pidfd.is_some() {
-                at += 1;
-                !fds[at - 1].revents().is_empty()
-            } else {
-                false
-            };
-            events.push((*id, socket, exited));
-        }
+        let events: Vec<_> = slots
+            .iter()
+            .map(|&(id, socket, pidfd)| (id, revents(socket), !revents(pidfd).is_empty()))
+            .collect();
         drop(fds);
         for (id, socket, exited) in events {
             if exited {
-                close(&mut supervisor, &mut connections, id, Ending::Died);
+                close(&mut supervisor, &mut connections, id);
             } else if !socket.is_empty() {
                 serve_one(&mut supervisor, &mut connections, id, socket);
             }
         }
         if listener_ready {
             accept_all(&listener, &mut connections, &mut next_id);
+        }
+        let departed: Vec<u64> = connections
+            .iter()
+            .filter(|(_, c)| c.hung_up.is_some_and(|t| t.elapsed() >= DEPARTURE_WINDOW))
+            .map(|(&id, _)| id)
+            .collect();
+        for id in departed {
+            close(&mut supervisor, &mut connections, id);
         }
         if Instant::now() >= next_tick {
             supervisor.tick(unix_time_ms());
@@ -183,12 +196,13 @@ fn accept_all(listener: &OwnedFd, connections: &mut BTreeMap<u64, Connection>, n
         connections.insert(
             *next,
             Connection {
-                socket,
+                socket: Some(socket),
                 pidfd,
                 peer: Peer {
                     process,
                     incarnation: None,
                 },
+                hung_up: None,
             },
         );
     }
@@ -201,49 +215,60 @@ fn serve_one(
     events: PollFlags,
 ) {
     let conn = connections.get_mut(&id).expect("polled connections exist");
+    let Some(socket) = &conn.socket else {
+        return;
+    };
     let mut buf = vec![0u8; MAX_MESSAGE + 1];
-    let len = match rustix::net::recv(
-        &conn.socket,
-        &mut buf[..],
-        RecvFlags::DONTWAIT | RecvFlags::TRUNC,
-    ) {
+    let len = match rustix::net::recv(socket, &mut buf[..], RecvFlags::DONTWAIT | RecvFlags::TRUNC)
+    {
         Ok((_, 0)) if events.intersects(PollFlags::HUP | PollFlags::ERR) => {
-            return close(supervisor, connections, id, Ending::Detached);
+            return hang_up(supervisor, connections, id);
         }
         Ok((_, len)) => len,
         Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
-        Err(_) => return close(supervisor, connections, id, Ending::Detached),
+        Err(_) => return hang_up(supervisor, connections, id),
     };
     // With TRUNC, `len` is the message's real length: one longer than the
     // buffer reaches the decoder at the buffer's length, past the limit,
     // and is refused for it.
     let message = &buf[..len.min(buf.len())];
     let reply = supervisor.handle_message(&mut conn.peer, message);
-    if let Err(e) = rustix::net::send(
-        &conn.socket,
-        &reply,
-        SendFlags::DONTWAIT | SendFlags::NOSIGNAL,
-    ) {
+    if let Err(e) = rustix::net::send(socket, &reply, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
         tracing::warn!(connection = id, "reply not sent ({e}); closing");
-        close(supervisor, connections, id, Ending::Detached);
+        hang_up(supervisor, connections, id);
     }
 }
 
-/// Closes a connection; its participant, if any, ends (as dead if its
-/// process is gone, whatever `ending` says).
-fn close(
-    supervisor: &mut Supervisor,
-    connections: &mut BTreeMap<u64, Connection>,
-    id: u64,
-    ending: Ending,
-) {
+/// The peer hung up (or misbehaved): a connection without a participant,
+/// or whose process is gone, closes now; a participant that still looks
+/// alive keeps its pidfd watched for [`DEPARTURE_WINDOW`].
+fn hang_up(supervisor: &mut Supervisor, connections: &mut BTreeMap<u64, Connection>, id: u64) {
+    let conn = connections.get_mut(&id).expect("hung-up connections exist");
+    conn.socket = None;
+    if conn.peer.incarnation.is_some() && conn.pidfd.is_some() && !gone(conn) {
+        conn.hung_up = Some(Instant::now());
+    } else {
+        close(supervisor, connections, id);
+    }
+}
+
+/// Whether the connection's process has exited.
+fn gone(conn: &Connection) -> bool {
+    conn.pidfd.as_ref().is_some_and(exited) || conn.peer.process.is_some_and(|p| !p.is_alive())
+}
+
+/// Closes a connection; its participant, if any, ends: as dead if its
+/// process is gone, as detached otherwise.
+fn close(supervisor: &mut Supervisor, connections: &mut BTreeMap<u64, Connection>, id: u64) {
     let Some(conn) = connections.remove(&id) else {
         return;
     };
     if let Some(incarnation) = conn.peer.incarnation {
-        let gone = conn.pidfd.as_ref().is_some_and(exited)
-            || conn.peer.process.is_some_and(|p| !p.is_alive());
-        let ending = if gone { Ending::Died } else { ending };
+        let ending = if gone(&conn) {
+            Ending::Died
+        } else {
+            Ending::Detached
+        };
         supervisor.participant_ended(incarnation, ending, unix_time_ms());
     }
 }
