@@ -204,14 +204,14 @@ fn main() -> ExitCode {
         }),
         Command::Status { json } => match status::read(&paths) {
             Ok(s) if json => {
-                println!(
-                    "{}",
+                emit(&format!(
+                    "{}\n",
                     serde_json::to_string_pretty(&s).expect("status serialises")
-                );
+                ));
                 Ok(())
             }
             Ok(s) => {
-                print!("{}", status::render(&s));
+                emit(&status::render(&s));
                 Ok(())
             }
             Err(FabricError::NotFound(_)) => Err(format!(
@@ -238,28 +238,44 @@ fn main() -> ExitCode {
     }
 }
 
+/// Writes to stdout; a reader that went away (`grafos status | head`) is
+/// not an error.
+fn emit(text: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(text.as_bytes()).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("grafos: writing to stdout: {e}");
+    }
+}
+
 fn fail(e: impl std::fmt::Display) -> ExitCode {
     eprintln!("grafos: {e}");
     ExitCode::FAILURE
 }
 
 fn segments(instance: &str) -> Result<(), FabricError> {
+    use std::fmt::Write as _;
     let names = list_segments(instance)?;
     if names.is_empty() {
-        println!("no segments of instance {instance:?} in /dev/shm");
+        emit(&format!(
+            "no segments of instance {instance:?} in /dev/shm\n"
+        ));
         return Ok(());
     }
-    println!(
-        "{:<32} {:<8} {:>12} {:>5} {:<9} DETAILS",
+    let mut out = format!(
+        "{:<32} {:<8} {:>12} {:>5} {:<9} DETAILS\n",
         "OBJECT", "KIND", "BYTES", "GEN", "STATE"
     );
     for object in names {
         let name = SegmentName::new(instance, &object)?;
-        match describe(&name) {
-            Ok(row) => println!("{object:<32} {row}"),
-            Err(e) => println!("{object:<32} {e}"),
-        }
+        let _ = match describe(&name) {
+            Ok(row) => writeln!(out, "{object:<32} {row}"),
+            Err(e) => writeln!(out, "{object:<32} {e}"),
+        };
     }
+    emit(&out);
     Ok(())
 }
 

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# The grafos commands as a new user types them, against a worker holding a
+# lease: `grafos up --detach`, `grafos status --json`, `grafos lease
+# poison ID`, `grafos down`; then nothing of the instance may be left in
+# /dev/shm or on disk. Fails when any step or count is not what it should
+# be. Reports how long each wait took.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+cargo build -q -p grafos-runtime -p grafos-examples
+bin=$PWD/target/debug
+export GRAFOS_INSTANCE="drill$$"
+GRAFOS_RUNTIME_DIR=$(mktemp -d)
+export GRAFOS_RUNTIME_DIR
+out=$(mktemp)
+drill=""
+
+cleanup() {
+    [[ -n "$drill" ]] && kill -KILL "$drill" 2>/dev/null || true
+    "$bin/grafos" down >/dev/null 2>&1 || true
+    rm -rf "$GRAFOS_RUNTIME_DIR" "$out"
+}
+trap cleanup EXIT
+
+fail() {
+    echo "cli-drill: $*" >&2
+    echo "--- lease_drill output:" >&2
+    cat "$out" >&2
+    exit 1
+}
+
+# await DESCRIPTION COMMAND...: polls COMMAND until it succeeds, for 20 s.
+await() {
+    local what=$1 start=$SECONDS
+    shift
+    until "$@"; do
+        ((SECONDS - start < 20)) || fail "timed out waiting for $what"
+        sleep 0.02
+    done
+    echo "  $what: $((SECONDS - start)) s"
+}
+
+status_has() { grep -Eq "$1" <<<"$("$bin/grafos" status --json)"; }
+
+echo "grafos up --detach"
+"$bin/grafos" up --detach
+
+"$bin/lease_drill" --lease-secs 2 >"$out" &
+drill=$!
+await "the worker's lease" grep -q '^lease [0-9]* acquired' "$out"
+id=$(sed -n 's/^lease \([0-9]*\) acquired.*/\1/p' "$out")
+
+echo "grafos status --json"
+status_has "\"id\": $id," || fail "lease $id not in status"
+await "a renewal" status_has '"leases_renewed": [1-9]'
+status_has '"state": "active"' || fail "lease $id not active"
+
+echo "grafos lease poison $id"
+"$bin/grafos" lease poison "$id"
+await "the worker to notice" grep -q "lease $id ended .*poisoned" "$out"
+wait "$drill" || fail "lease_drill failed"
+drill=""
+status_has '"leases_poisoned": 1' || fail "poison not counted"
+
+echo "grafos down"
+"$bin/grafos" down
+[[ ! -e "$GRAFOS_RUNTIME_DIR/$GRAFOS_INSTANCE" ]] || fail "runtime dir left"
+if compgen -G "/dev/shm/grafos.$GRAFOS_INSTANCE.*" >/dev/null; then
+    fail "segments left: $(ls /dev/shm | grep "grafos.$GRAFOS_INSTANCE.")"
+fi
+echo "cli-drill: ok"
