@@ -168,6 +168,7 @@ impl Supervisor {
     }
 
     fn fresh(paths: InstancePaths, config: Config) -> Result<Supervisor, FabricError> {
+        remove_stale_block_files(&config.data_dir);
         let token = random_token();
         let _ = Segment::unlink(&paths.counters());
         let counters = Mapped::create(&paths.counters(), token)?;
@@ -922,6 +923,23 @@ fn remove_file(path: &Path) -> Result<(), FabricError> {
             source,
         },
     })
+}
+
+/// Removes lease files a previous run left in the data dir: with no
+/// registry to say what they were, they are garbage, and their names would
+/// collide with the new leases'.
+fn remove_stale_block_files(data_dir: &Path) {
+    let Ok(entries) = std::fs::read_dir(data_dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("lease.") && name.ends_with(".blk") {
+            tracing::warn!("removing {name}, left in the data dir by an earlier run");
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
 }
 
 /// A random instance token from the kernel.

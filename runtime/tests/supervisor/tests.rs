@@ -42,6 +42,7 @@ pub const ALL: &[(&str, Test)] = &[
         "scribbled_segments_yield_errors",
         scribbled_segments_yield_errors,
     ),
+    ("up_after_a_dead_supervisor_adopts_its_leases", up_adopts),
     ("down_after_a_dead_supervisor", down_after_a_dead_supervisor),
 ];
 
@@ -444,5 +445,41 @@ fn down_after_a_dead_supervisor() {
     );
     assert!(!std::path::Path::new(&path).exists(), "block file left");
     assert!(a.cmd("check").unwrap_err().contains("expired"));
+    instance.assert_clean();
+}
+
+fn up_adopts() {
+    let instance = Instance::new("adopt");
+    instance.up(&[]);
+    let mut a = instance.peer();
+    let id = lease_id(&a.ok("acquire-mem 8192 60"));
+    a.ok("write survives");
+    let before = instance.status();
+    let pid = before["supervisor"]["pid"].as_u64().unwrap() as i32;
+    // SAFETY: kill(2) on the supervisor this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    instance.await_status("the supervisor to be seen dead", |s| {
+        s["supervisor"]["alive"] == false
+    });
+    // Its socket is stale now; a new supervisor replaces it and takes the
+    // lease over with its deadline and budget.
+    instance.up(&[]);
+    let after = instance.status();
+    assert_ne!(after["supervisor"]["pid"], before["supervisor"]["pid"]);
+    let row = lease_row(&after, id).expect("the lease was adopted");
+    assert_eq!(row["state"], "active");
+    assert!(row["ttl_left_ms"].as_u64().unwrap() <= 60_000);
+    assert_eq!(after["memory_pool"]["used"], 8192);
+    // A new process opens it through the new supervisor; the old holder
+    // still reads it.
+    let mut b = instance.peer();
+    b.ok(&format!("open-mem {id}"));
+    assert_eq!(b.ok("read 8"), "survives");
+    assert_eq!(a.ok("read 8"), "survives");
+    // New leases get new ids.
+    let next = lease_id(&b.ok("acquire-mem 4096 60"));
+    assert!(next > id);
+    drop((a, b));
+    assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();
 }
