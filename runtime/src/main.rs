@@ -57,8 +57,9 @@ enum Command {
         /// Where block leases' files go (default: the runtime dir's `data`).
         #[arg(long)]
         data_dir: Option<PathBuf>,
-        /// Seconds an expired lease stays readable before it is unlinked.
-        #[arg(long, default_value_t = 5)]
+        /// Seconds an expired lease stays readable before it is unlinked
+        /// (at most a day).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
         grace_secs: u64,
         /// Run in the background; exit 0 once it accepts requests.
         #[arg(long)]
@@ -269,8 +270,8 @@ fn segments(instance: &str) -> Result<(), FabricError> {
         "OBJECT", "KIND", "BYTES", "GEN", "STATE"
     );
     for object in names {
-        let name = SegmentName::new(instance, &object)?;
-        let _ = match describe(&name) {
+        let described = SegmentName::new(instance, &object).and_then(|name| describe(&name));
+        let _ = match described {
             Ok(row) => writeln!(out, "{object:<32} {row}"),
             Err(e) => writeln!(out, "{object:<32} {e}"),
         };

@@ -24,8 +24,16 @@ use crate::supervisor::{Ending, Peer, Supervisor};
 
 /// How often the reaper runs when nothing else happens.
 const REAPER_PERIOD: Duration = Duration::from_millis(50);
-/// Connections served at once.
+/// Connections served at once, at most (fewer if the file limit is low:
+/// each takes a socket and a pidfd).
 const MAX_CONNECTIONS: usize = 1024;
+/// File descriptors kept for everything else (segments, files, /proc).
+const RESERVED_FDS: u64 = 64;
+/// A connection that has not attached and sent nothing for this long is
+/// closed, so idle clients cannot use up the connection slots.
+const IDLE_LIMIT: Duration = Duration::from_secs(30);
+/// How long the listener rests after running out of file descriptors.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 /// Set by SIGTERM / SIGINT.
 static STOP: AtomicBool = AtomicBool::new(false);
@@ -97,6 +105,7 @@ struct Connection {
     pidfd: Option<OwnedFd>,
     peer: Peer,
     hung_up: Option<Instant>,
+    last_message: Instant,
 }
 
 /// How long a hung-up participant's pidfd is watched before its departure
@@ -106,13 +115,21 @@ const DEPARTURE_WINDOW: Duration = Duration::from_secs(1);
 /// Serves until a `Shutdown` request or a stop signal, then shuts the
 /// supervisor down.
 pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
+    let max_connections = connection_limit();
     let mut connections: BTreeMap<u64, Connection> = BTreeMap::new();
     let mut next_id = 0u64;
     let mut next_tick = Instant::now();
+    let mut accept_paused_until = None;
     while !STOP.load(Ordering::Relaxed) && !supervisor.shutdown_requested() {
-        // The poll set: the listener, then each connection's socket and
-        // pidfd (whichever it has), remembered by index.
-        let mut fds = vec![PollFd::new(&listener, PollFlags::IN)];
+        // The poll set: the listener (unless resting), then each
+        // connection's socket and pidfd (whichever it has), by index.
+        let listening = accept_paused_until.is_none_or(|t| Instant::now() >= t);
+        let interest = if listening {
+            PollFlags::IN
+        } else {
+            PollFlags::empty()
+        };
+        let mut fds = vec![PollFd::new(&listener, interest)];
         let mut slots = Vec::with_capacity(connections.len());
         for (&id, conn) in &connections {
             let [socket, pidfd] = [conn.socket.as_ref(), conn.pidfd.as_ref()].map(|fd| {
@@ -148,12 +165,16 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
                 serve_one(&mut supervisor, &mut connections, id, socket);
             }
         }
-        if listener_ready {
-            accept_all(&listener, &mut connections, &mut next_id);
+        if listening && listener_ready {
+            let out_of_fds = accept_all(&listener, &mut connections, &mut next_id, max_connections);
+            accept_paused_until = out_of_fds.then(|| Instant::now() + ACCEPT_BACKOFF);
         }
         let departed: Vec<u64> = connections
             .iter()
-            .filter(|(_, c)| c.hung_up.is_some_and(|t| t.elapsed() >= DEPARTURE_WINDOW))
+            .filter(|(_, c)| {
+                c.hung_up.is_some_and(|t| t.elapsed() >= DEPARTURE_WINDOW)
+                    || (c.peer.incarnation.is_none() && c.last_message.elapsed() >= IDLE_LIMIT)
+            })
             .map(|(&id, _)| id)
             .collect();
         for id in departed {
@@ -168,21 +189,53 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
     supervisor.shut_down();
 }
 
-fn accept_all(listener: &OwnedFd, connections: &mut BTreeMap<u64, Connection>, next: &mut u64) {
+/// The most connections to serve: [`MAX_CONNECTIONS`], or fewer if the
+/// file limit (raised to its hard maximum first) cannot cover two
+/// descriptors each.
+fn connection_limit() -> usize {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if let (Some(current), Some(maximum)) = (limit.current, limit.maximum)
+        && current < maximum
+    {
+        limit.current = Some(maximum);
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("RLIMIT_NOFILE stays as it is: {e}");
+        }
+    }
+    let files = getrlimit(Resource::Nofile).current.unwrap_or(u64::MAX);
+    let fit = files.saturating_sub(RESERVED_FDS) / 2;
+    usize::try_from(fit)
+        .unwrap_or(usize::MAX)
+        .clamp(1, MAX_CONNECTIONS)
+}
+
+/// Accepts every waiting connection; returns whether the process ran out
+/// of file descriptors (the caller rests the listener).
+fn accept_all(
+    listener: &OwnedFd,
+    connections: &mut BTreeMap<u64, Connection>,
+    next: &mut u64,
+    max_connections: usize,
+) -> bool {
     loop {
         let socket = match rustix::net::accept_with(
             listener,
             SocketFlags::CLOEXEC | SocketFlags::NONBLOCK,
         ) {
             Ok(socket) => socket,
-            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return,
+            Err(rustix::io::Errno::AGAIN | rustix::io::Errno::INTR) => return false,
+            Err(e @ (rustix::io::Errno::MFILE | rustix::io::Errno::NFILE)) => {
+                tracing::warn!("accept: {e}; not accepting for {ACCEPT_BACKOFF:?}");
+                return true;
+            }
             Err(e) => {
                 tracing::warn!("accept: {e}");
-                return;
+                return false;
             }
         };
-        if connections.len() >= MAX_CONNECTIONS {
-            tracing::warn!("refused a connection: {MAX_CONNECTIONS} open already");
+        if connections.len() >= max_connections {
+            tracing::warn!("refused a connection: {max_connections} open already");
             continue;
         }
         let (pidfd, process) = match peer_identity(&socket) {
@@ -203,6 +256,7 @@ fn accept_all(listener: &OwnedFd, connections: &mut BTreeMap<u64, Connection>, n
                     incarnation: None,
                 },
                 hung_up: None,
+                last_message: Instant::now(),
             },
         );
     }
@@ -232,7 +286,8 @@ fn serve_one(
     // buffer reaches the decoder at the buffer's length, past the limit,
     // and is refused for it.
     let message = &buf[..len.min(buf.len())];
-    let reply = supervisor.handle_message(&mut conn.peer, message);
+    conn.last_message = Instant::now();
+    let reply = supervisor.handle_message(&mut conn.peer, message, unix_time_ms());
     if let Err(e) = rustix::net::send(socket, &reply, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
         tracing::warn!(connection = id, "reply not sent ({e}); closing");
         hang_up(supervisor, connections, id);
@@ -252,9 +307,14 @@ fn hang_up(supervisor: &mut Supervisor, connections: &mut BTreeMap<u64, Connecti
     }
 }
 
-/// Whether the connection's process has exited.
+/// Whether the connection's process has exited. The pidfd decides: it
+/// turns readable only once every thread has exited (`/proc` shows a
+/// zombie leader while other threads still run); without one, `/proc`.
 fn gone(conn: &Connection) -> bool {
-    conn.pidfd.as_ref().is_some_and(exited) || conn.peer.process.is_some_and(|p| !p.is_alive())
+    match &conn.pidfd {
+        Some(pidfd) => exited(pidfd),
+        None => conn.peer.process.is_some_and(|p| !p.is_alive()),
+    }
 }
 
 /// Closes a connection; its participant, if any, ends: as dead if its

@@ -21,16 +21,24 @@ use grafos_worker::instance::InstancePaths;
 use grafos_worker::layout::header::{Expect, FenceState, FenceWord, SegmentKind, TypeDescriptor};
 use grafos_worker::layout::queue::QueueError;
 use grafos_worker::layout::registry::{
-    Counter, InstanceCounters, MAX_LEASES, MAX_PARTICIPANTS, Registry, lease_kind, lease_state,
+    Counter, InstanceCounters, LeaseInfo, MAX_LEASES, MAX_PARTICIPANTS, Registry, lease_kind,
+    lease_state,
 };
 use grafos_worker::layout::wait::Futex;
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
-use grafos_worker::segment::{Segment, SegmentSpec, list_segments};
+use grafos_worker::segment::{Segment, SegmentSpec, list_segments, unlink_object};
 
-/// Longest lease a request may ask for (a year).
-pub const MAX_LEASE_SECS: u64 = 365 * 24 * 3600;
+/// Longest lease a request may ask for (a week): a lease outlives its
+/// holders until its deadline, so this bounds how long a crashed holder
+/// can pin budget.
+pub const MAX_LEASE_SECS: u64 = 7 * 24 * 3600;
+/// Lease ids and incarnations stay below this, so `+ 1` never overflows
+/// and a scribbled registry cannot push them to the end of the range.
+const MAX_ID: u64 = 1 << 62;
+/// Most holds one attach request may register.
+const MAX_HOLDS_PER_LEASE: u32 = 1 << 20;
 const PAGE: u64 = 4096;
 
 /// How a supervisor is set up.
@@ -82,9 +90,21 @@ struct Lease {
     deadline_ms: u64,
     state: State,
     ended_ms: u64,
-    holders: BTreeSet<u64>,
+    /// Holding participants and how many handles each has.
+    holders: BTreeMap<u64, u32>,
+    /// Adopted from a dead supervisor: processes may map it that have not
+    /// attached again, so it is kept for the whole grace period after it
+    /// ends, holders or not.
+    unknown_holders: bool,
     /// The mapped segment of a memory lease (to move its fence word).
     segment: Option<Segment>,
+}
+
+impl Lease {
+    /// Holds, as the registry shows them.
+    fn hold_count(&self) -> u64 {
+        self.holders.values().map(|&n| u64::from(n)).sum()
+    }
 }
 
 #[derive(Debug)]
@@ -113,6 +133,12 @@ pub struct Supervisor {
     participants: BTreeMap<u64, Participant>,
     pool_used: u64,
     block_used: u64,
+    /// Allocators and row maps are ours; the registry only mirrors them
+    /// (another process may scribble on it).
+    next_lease_id: u64,
+    next_incarnation: u64,
+    lease_rows: BTreeSet<usize>,
+    participant_rows: BTreeSet<usize>,
     shutdown_requested: bool,
 }
 
@@ -168,7 +194,7 @@ impl Supervisor {
     }
 
     fn fresh(paths: InstancePaths, config: Config) -> Result<Supervisor, FabricError> {
-        remove_stale_block_files(&config.data_dir);
+        remove_leftovers(&paths, &config.data_dir);
         let token = random_token();
         let _ = Segment::unlink(&paths.counters());
         let counters = Mapped::create(&paths.counters(), token)?;
@@ -179,10 +205,17 @@ impl Supervisor {
                 return Err(e);
             }
         };
-        let control = &registry.get().control;
-        control.next_incarnation.store(1, Relaxed);
-        control.next_lease_id.store(1, Relaxed);
-        Ok(Supervisor {
+        Ok(Supervisor::new(paths, config, token, registry, counters))
+    }
+
+    fn new(
+        paths: InstancePaths,
+        config: Config,
+        token: u64,
+        registry: Mapped<Registry>,
+        counters: Mapped<InstanceCounters>,
+    ) -> Supervisor {
+        Supervisor {
             paths,
             config,
             token,
@@ -192,12 +225,18 @@ impl Supervisor {
             participants: BTreeMap::new(),
             pool_used: 0,
             block_used: 0,
+            next_lease_id: 1,
+            next_incarnation: 1,
+            lease_rows: BTreeSet::new(),
+            participant_rows: BTreeSet::new(),
             shutdown_requested: false,
-        })
+        }
     }
 
     /// Takes over a dead supervisor's registry: its leases keep their
-    /// deadlines; its participants must attach again.
+    /// deadlines; its participants must attach again. Every row is checked
+    /// (state, kind, id, size against the budget and against the segment
+    /// or file itself); a row that fails is dropped with its storage.
     fn adopt(
         paths: InstancePaths,
         config: Config,
@@ -211,39 +250,33 @@ impl Supervisor {
                 Mapped::create(&paths.counters(), token)?
             }
         };
-        let mut supervisor = Supervisor {
-            paths,
-            config,
-            token,
-            registry,
-            counters,
-            leases: BTreeMap::new(),
-            participants: BTreeMap::new(),
-            pool_used: 0,
-            block_used: 0,
-            shutdown_requested: false,
-        };
+        let mut supervisor = Supervisor::new(paths, config, token, registry, counters);
         let reg = supervisor.registry.get();
         for row in &reg.participants {
             row.clear();
         }
+        let control = &reg.control;
+        let next_lease_id = control.next_lease_id.load(Relaxed).clamp(1, MAX_ID);
+        let next_incarnation = control.next_incarnation.load(Relaxed).clamp(1, MAX_ID);
         let rows: Vec<_> = reg.leases().collect();
         let mut max_id = 0;
         for info in rows {
-            max_id = max_id.max(info.lease_id);
             match supervisor.adopt_lease(&info) {
-                Ok(()) => {}
+                Ok(()) => max_id = max_id.max(info.lease_id),
                 Err(reason) => {
-                    tracing::warn!(lease = info.lease_id, "not adopted: {reason}");
+                    tracing::warn!(
+                        lease = info.lease_id,
+                        row = info.row,
+                        "not adopted: {reason}"
+                    );
                     supervisor.registry.get().leases[info.row].clear();
+                    supervisor.remove_storage_of(info.lease_id);
                 }
             }
         }
-        let control = &supervisor.registry.get().control;
-        let next_id = control.next_lease_id.load(Relaxed).max(max_id + 1);
-        control.next_lease_id.store(next_id, Relaxed);
-        let next_inc = control.next_incarnation.load(Relaxed).max(1);
-        control.next_incarnation.store(next_inc, Relaxed);
+        supervisor.next_lease_id = next_lease_id.max(max_id + 1);
+        supervisor.next_incarnation = next_incarnation;
+        supervisor.publish_allocators();
         tracing::info!(
             leases = supervisor.leases.len(),
             "adopted the registry of a previous supervisor"
@@ -251,10 +284,7 @@ impl Supervisor {
         Ok(supervisor)
     }
 
-    fn adopt_lease(
-        &mut self,
-        info: &grafos_worker::layout::registry::LeaseInfo,
-    ) -> Result<(), String> {
+    fn adopt_lease(&mut self, info: &LeaseInfo) -> Result<(), String> {
         let state = match info.state {
             lease_state::ACTIVE => State::Active,
             lease_state::EXPIRED => State::Expired,
@@ -262,26 +292,40 @@ impl Supervisor {
             lease_state::UNLINKED => State::Unlinked,
             other => return Err(format!("unknown state {other}")),
         };
-        if info.lease_id == 0 || self.leases.contains_key(&info.lease_id) {
+        if info.lease_id == 0 || info.lease_id >= MAX_ID || self.leases.contains_key(&info.lease_id)
+        {
             return Err("bad or duplicate id".into());
         }
-        let (kind, segment) = match info.kind {
-            lease_kind::MEM => {
-                let segment = (state != State::Unlinked)
-                    .then(|| self.open_lease_segment(info.lease_id))
-                    .transpose()?;
-                (LeaseKind::Mem, segment)
-            }
-            lease_kind::BLOCK => (LeaseKind::Block, None),
+        let kind = match info.kind {
+            lease_kind::MEM => LeaseKind::Mem,
+            lease_kind::BLOCK => LeaseKind::Block,
             other => return Err(format!("unknown kind {other}")),
         };
-        let budget = match kind {
-            LeaseKind::Mem => self.config.pool_size - self.pool_used,
-            LeaseKind::Block => self.config.block_pool_size - self.block_used,
+        let (capacity, used) = match kind {
+            LeaseKind::Mem => (self.config.pool_size, self.pool_used),
+            LeaseKind::Block => (self.config.block_pool_size, self.block_used),
         };
-        if info.bytes == 0 || info.bytes > budget {
+        if info.bytes == 0 || !info.bytes.is_multiple_of(PAGE) || info.bytes > capacity - used {
             return Err(format!("{} bytes do not fit the budget", info.bytes));
         }
+        let segment = match (kind, state) {
+            (_, State::Unlinked) => None,
+            (LeaseKind::Mem, _) => Some(self.open_lease_segment(info.lease_id, info.bytes)?),
+            (LeaseKind::Block, _) => {
+                let path = self.block_path(info.lease_id);
+                let len = std::fs::metadata(&path)
+                    .map_err(|e| format!("{}: {e}", path.display()))?
+                    .len();
+                if len != info.bytes {
+                    return Err(format!(
+                        "{} holds {len} bytes, not {}",
+                        path.display(),
+                        info.bytes
+                    ));
+                }
+                None
+            }
+        };
         match kind {
             LeaseKind::Mem => self.pool_used += info.bytes,
             LeaseKind::Block => self.block_used += info.bytes,
@@ -289,6 +333,7 @@ impl Supervisor {
         self.registry.get().leases[info.row]
             .holders
             .store(0, Relaxed);
+        self.lease_rows.insert(info.row);
         self.leases.insert(
             info.lease_id,
             Lease {
@@ -298,14 +343,21 @@ impl Supervisor {
                 deadline_ms: info.deadline_ms,
                 state,
                 ended_ms: info.ended_ms,
-                holders: BTreeSet::new(),
+                holders: BTreeMap::new(),
+                unknown_holders: true,
                 segment,
             },
         );
         Ok(())
     }
 
-    fn open_lease_segment(&self, lease_id: u64) -> Result<Segment, String> {
+    /// Removes the segment and file a lease id could have.
+    fn remove_storage_of(&self, lease_id: u64) {
+        let _ = Segment::unlink(&self.paths.lease_segment(lease_id));
+        let _ = std::fs::remove_file(self.block_path(lease_id));
+    }
+
+    fn open_lease_segment(&self, lease_id: u64, bytes: u64) -> Result<Segment, String> {
         let segment = Segment::open(
             &self.paths.lease_segment(lease_id),
             &Expect {
@@ -316,6 +368,12 @@ impl Supervisor {
         .map_err(|e| e.to_string())?;
         if segment.fields().lease_id != lease_id {
             return Err("segment names another lease".into());
+        }
+        if segment.body_len() != bytes {
+            return Err(format!(
+                "segment holds {} bytes, not {bytes}",
+                segment.body_len()
+            ));
         }
         Ok(segment)
     }
@@ -335,12 +393,12 @@ impl Supervisor {
         self.counters.get()
     }
 
-    /// Answers one raw control message from `peer`. Never panics on any
+    /// Answers one raw control message from `peer` at `now_ms`. Never panics on any
     /// input: a message that fails to decode gets a `Malformed` or
     /// `Version` error reply and a log line.
-    pub fn handle_message(&mut self, peer: &mut Peer, message: &[u8]) -> Vec<u8> {
+    pub fn handle_message(&mut self, peer: &mut Peer, message: &[u8], now_ms: u64) -> Vec<u8> {
         let reply = match decode::<Request>(message) {
-            Ok(request) => self.handle(peer, request, unix_time_ms()),
+            Ok(request) => self.handle(peer, request, now_ms),
             Err(e) => {
                 self.counters().add(Counter::BadMessages, 1);
                 tracing::warn!(bytes = message.len(), "refused a control message: {e:?}");
@@ -352,11 +410,18 @@ impl Supervisor {
 
     /// Answers one request from `peer` at `now_ms`.
     pub fn handle(&mut self, peer: &mut Peer, request: Request, now_ms: u64) -> Reply {
+        // A participant can end while its connection still sends (the
+        // connection is closed right after): its incarnation is gone.
+        if let Some(incarnation) = peer.incarnation
+            && !self.participants.contains_key(&incarnation)
+        {
+            peer.incarnation = None;
+        }
         let result = match request {
             Request::Ping => Ok(Reply::Pong {
                 pid: std::process::id(),
             }),
-            Request::Attach => self.attach(peer, now_ms),
+            Request::Attach { holds } => self.attach(peer, &holds, now_ms),
             Request::AcquireMem {
                 min_bytes,
                 lease_secs,
@@ -377,7 +442,10 @@ impl Supervisor {
                 lease_secs,
             } => attached(peer).and_then(|me| self.renew(me, lease_id, lease_secs, now_ms)),
             Request::Release { lease_id } => {
-                attached(peer).and_then(|me| self.release(me, lease_id, now_ms))
+                attached(peer).and_then(|me| self.release(me, lease_id, true, now_ms))
+            }
+            Request::Unhold { lease_id } => {
+                attached(peer).and_then(|me| self.release(me, lease_id, false, now_ms))
             }
             Request::Expire { lease_id } => self.end_by_hand(lease_id, State::Expired, now_ms),
             Request::Poison { lease_id } => self.end_by_hand(lease_id, State::Poisoned, now_ms),
@@ -389,13 +457,19 @@ impl Supervisor {
         result.unwrap_or_else(Reply::Error)
     }
 
-    fn attach(&mut self, peer: &mut Peer, now_ms: u64) -> Result<Reply, ControlError> {
+    fn attach(
+        &mut self,
+        peer: &mut Peer,
+        holds: &[(u64, u32)],
+        now_ms: u64,
+    ) -> Result<Reply, ControlError> {
         let process = peer
             .process
             .ok_or_else(|| ControlError::Failed("the kernel did not say who the peer is".into()))?;
-        if let Some(incarnation) = peer.incarnation {
-            let row = self.participants[&incarnation].row;
-            return Ok(self.attached_reply(incarnation, row));
+        if let Some(incarnation) = peer.incarnation
+            && let Some(participant) = self.participants.get(&incarnation)
+        {
+            return Ok(self.attached_reply(incarnation, participant.row));
         }
         let file = liveness_file(&self.paths, process);
         if liveness_locked(&file) != Some(true) {
@@ -404,17 +478,33 @@ impl Supervisor {
                 file.display()
             )));
         }
-        let reg = self.registry.get();
-        let row = (0..MAX_PARTICIPANTS)
-            .find(|&i| reg.participants[i].read(i).is_none())
-            .ok_or_else(|| {
-                ControlError::Failed(format!("all {MAX_PARTICIPANTS} participant rows in use"))
-            })?;
-        let incarnation = reg.control.next_incarnation.fetch_add(1, Relaxed);
-        reg.participants[row].publish(incarnation, process.pack(), now_ms);
+        let row = free_row(&self.participant_rows, MAX_PARTICIPANTS).ok_or_else(|| {
+            ControlError::Failed(format!("all {MAX_PARTICIPANTS} participant rows in use"))
+        })?;
+        if self.next_incarnation >= MAX_ID {
+            return Err(ControlError::Failed("incarnations exhausted".into()));
+        }
+        let incarnation = self.next_incarnation;
+        self.next_incarnation += 1;
+        self.publish_allocators();
+        self.participant_rows.insert(row);
+        self.registry.get().participants[row].publish(incarnation, process.pack(), now_ms);
         self.participants
             .insert(incarnation, Participant { row, process });
         peer.incarnation = Some(incarnation);
+        // A process attaching again (its supervisor restarted) keeps the
+        // holds of its live handles.
+        for &(lease_id, count) in holds {
+            if let Some(lease) = self.leases.get_mut(&lease_id)
+                && count > 0
+            {
+                let held = lease.holders.entry(incarnation).or_default();
+                *held = held.saturating_add(count).min(MAX_HOLDS_PER_LEASE);
+                self.registry.get().leases[lease.row]
+                    .holders
+                    .store(lease.hold_count(), Relaxed);
+            }
+        }
         self.counters().add(Counter::ParticipantsAttached, 1);
         tracing::info!(incarnation, pid = process.pid, "participant attached");
         Ok(self.attached_reply(incarnation, row))
@@ -459,11 +549,14 @@ impl Supervisor {
                 capacity,
             });
         }
-        let reg = self.registry.get();
-        let row = (0..MAX_LEASES)
-            .find(|&i| reg.leases[i].read(i).is_none())
+        let row = free_row(&self.lease_rows, MAX_LEASES)
             .ok_or_else(|| ControlError::Failed(format!("all {MAX_LEASES} lease rows in use")))?;
-        let lease_id = reg.control.next_lease_id.fetch_add(1, Relaxed);
+        if self.next_lease_id >= MAX_ID {
+            return Err(ControlError::Failed("lease ids exhausted".into()));
+        }
+        let lease_id = self.next_lease_id;
+        self.next_lease_id += 1;
+        self.publish_allocators();
         let segment = match kind {
             LeaseKind::Mem => Some(self.create_segment(lease_id, bytes)?),
             LeaseKind::Block => {
@@ -479,11 +572,14 @@ impl Supervisor {
             deadline_ms,
             state: State::Active,
             ended_ms: 0,
-            holders: BTreeSet::from([me]),
+            holders: BTreeMap::from([(me, 1)]),
+            unknown_holders: false,
             segment,
         };
-        reg.leases[row].publish(lease_id, kind_word(kind), bytes, deadline_ms);
-        reg.leases[row].holders.store(1, Relaxed);
+        let published = &self.registry.get().leases[row];
+        published.publish(lease_id, kind_word(kind), bytes, deadline_ms);
+        published.holders.store(1, Relaxed);
+        self.lease_rows.insert(row);
         match kind {
             LeaseKind::Mem => self.pool_used += bytes,
             LeaseKind::Block => self.block_used += bytes,
@@ -520,7 +616,9 @@ impl Supervisor {
     }
 
     fn block_path(&self, lease_id: u64) -> PathBuf {
-        self.config.data_dir.join(format!("lease.{lease_id}.blk"))
+        self.config
+            .data_dir
+            .join(block_file_name(self.paths.instance(), lease_id))
     }
 
     fn create_block_file(&self, lease_id: u64, bytes: u64) -> Result<(), ControlError> {
@@ -533,8 +631,14 @@ impl Supervisor {
             .create_new(true)
             .open(&path)
             .map_err(|e| failed("create", &e))?;
-        if let Err(e) = rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes)
-        {
+        let reserved =
+            match rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::empty(), 0, bytes) {
+                // A file system without fallocate: size it; a full disk then
+                // shows as a write error instead of here.
+                Err(rustix::io::Errno::OPNOTSUPP) => file.set_len(bytes).map_err(|e| e.to_string()),
+                other => other.map_err(|e| e.to_string()),
+            };
+        if let Err(e) = reserved {
             drop(file);
             let _ = std::fs::remove_file(&path);
             return Err(failed("fallocate", &e));
@@ -569,8 +673,9 @@ impl Supervisor {
 
     fn open(&mut self, me: u64, lease_id: u64) -> Result<Reply, ControlError> {
         let lease = self.live_lease(lease_id)?;
-        lease.holders.insert(me);
-        let (row, holders) = (lease.row, lease.holders.len() as u64);
+        let held = lease.holders.entry(me).or_default();
+        *held = held.saturating_add(1).min(MAX_HOLDS_PER_LEASE);
+        let (row, holders) = (lease.row, lease.hold_count());
         self.registry.get().leases[row]
             .holders
             .store(holders, Relaxed);
@@ -586,7 +691,7 @@ impl Supervisor {
     ) -> Result<Reply, ControlError> {
         check_ttl(lease_secs)?;
         let lease = self.live_lease(lease_id)?;
-        if !lease.holders.contains(&me) {
+        if !lease.holders.contains_key(&me) {
             return Err(ControlError::Invalid(format!(
                 "incarnation {me} does not hold lease {lease_id}; open it first"
             )));
@@ -600,22 +705,34 @@ impl Supervisor {
         Ok(Reply::Renewed { deadline_ms })
     }
 
-    fn release(&mut self, me: u64, lease_id: u64, now_ms: u64) -> Result<Reply, ControlError> {
+    /// Drops one of `me`'s holds; with `end_if_last`, a lease left with no
+    /// holder ends (its budget comes back once it is unlinked).
+    fn release(
+        &mut self,
+        me: u64,
+        lease_id: u64,
+        end_if_last: bool,
+        now_ms: u64,
+    ) -> Result<Reply, ControlError> {
         let lease = self
             .leases
             .get_mut(&lease_id)
             .ok_or(ControlError::UnknownLease(lease_id))?;
-        if !lease.holders.remove(&me) {
+        let Some(held) = lease.holders.get_mut(&me) else {
             return Err(ControlError::Invalid(format!(
                 "incarnation {me} does not hold lease {lease_id}"
             )));
+        };
+        *held -= 1;
+        if *held == 0 {
+            lease.holders.remove(&me);
         }
         let last = lease.holders.is_empty();
-        let (row, holders) = (lease.row, lease.holders.len() as u64);
+        let (row, holders) = (lease.row, lease.hold_count());
         self.registry.get().leases[row]
             .holders
             .store(holders, Relaxed);
-        if last && lease.state == State::Active {
+        if end_if_last && last && lease.state == State::Active {
             self.counters().add(Counter::LeasesReleased, 1);
             self.end(lease_id, State::Expired, now_ms);
         }
@@ -687,9 +804,9 @@ impl Supervisor {
     }
 
     /// One reaper pass at `now_ms`: expires leases past their deadline,
-    /// unlinks ended leases past their grace (or with no holder left),
-    /// gives back the budget of unlinked leases no live participant maps,
-    /// and ends participants whose process is gone.
+    /// unlinks ended leases past their grace (or with no holder left), and
+    /// gives back the budget of unlinked leases no live participant maps.
+    /// (Deaths are seen by the event loop, through pidfds.)
     pub fn tick(&mut self, now_ms: u64) {
         let due: Vec<u64> = self
             .leases
@@ -700,15 +817,6 @@ impl Supervisor {
         for lease_id in due {
             tracing::info!(lease_id, "lease expired");
             self.end(lease_id, State::Expired, now_ms);
-        }
-        let dead: Vec<u64> = self
-            .participants
-            .iter()
-            .filter(|(_, p)| !p.process.is_alive())
-            .map(|(&inc, _)| inc)
-            .collect();
-        for incarnation in dead {
-            self.participant_ended(incarnation, Ending::Died, now_ms);
         }
         self.collect(now_ms);
         self.registry
@@ -721,19 +829,25 @@ impl Supervisor {
     /// Unlinks ended leases past their grace or unheld, and frees the rows
     /// and budget of unlinked, unheld ones.
     fn collect(&mut self, now_ms: u64) {
-        let grace = self.config.grace.as_millis() as u64;
+        let grace = u64::try_from(self.config.grace.as_millis()).unwrap_or(u64::MAX);
         let mut freed = false;
         let ids: Vec<u64> = self.leases.keys().copied().collect();
         for lease_id in ids {
             let lease = &self.leases[&lease_id];
+            let graced = lease.ended_ms.saturating_add(grace) <= now_ms;
+            let unheld = lease.holders.is_empty() && !lease.unknown_holders;
             let ended = matches!(lease.state, State::Expired | State::Poisoned);
-            if ended && (lease.holders.is_empty() || lease.ended_ms + grace <= now_ms) {
+            if ended && (unheld || graced) {
                 self.unlink(lease_id);
             }
             let lease = &self.leases[&lease_id];
-            if lease.state == State::Unlinked && lease.holders.is_empty() {
+            if lease.state == State::Unlinked
+                && lease.holders.is_empty()
+                && (!lease.unknown_holders || graced)
+            {
                 let lease = self.leases.remove(&lease_id).expect("listed");
                 self.registry.get().leases[lease.row].clear();
+                self.lease_rows.remove(&lease.row);
                 match lease.kind {
                     LeaseKind::Mem => self.pool_used -= lease.bytes,
                     LeaseKind::Block => self.block_used -= lease.bytes,
@@ -778,11 +892,12 @@ impl Supervisor {
             return;
         };
         self.registry.get().participants[participant.row].clear();
+        self.participant_rows.remove(&participant.row);
         for lease in self.leases.values_mut() {
-            if lease.holders.remove(&incarnation) {
+            if lease.holders.remove(&incarnation).is_some() {
                 self.registry.get().leases[lease.row]
                     .holders
-                    .store(lease.holders.len() as u64, Relaxed);
+                    .store(lease.hold_count(), Relaxed);
             }
         }
         match ending {
@@ -865,16 +980,68 @@ impl Supervisor {
         match list_segments(self.paths.instance()) {
             Ok(objects) => {
                 for object in objects {
-                    if let Ok(name) =
-                        grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
-                    {
-                        let _ = Segment::unlink(&name);
+                    if let Err(e) = unlink_object(self.paths.instance(), &object) {
+                        tracing::warn!("removing {object}: {e}");
                     }
                 }
             }
             Err(e) => tracing::warn!("listing segments to remove: {e}"),
         }
         tracing::info!(instance = self.paths.instance(), "instance down");
+    }
+
+    fn publish_allocators(&self) {
+        let control = &self.registry.get().control;
+        control.next_lease_id.store(self.next_lease_id, Relaxed);
+        control
+            .next_incarnation
+            .store(self.next_incarnation, Relaxed);
+    }
+
+    /// Checks the supervisor's bookkeeping: budgets equal the sum of the
+    /// leases that hold them and fit the pools, rows are distinct and
+    /// mirrored in the registry, every holder is an attached participant.
+    ///
+    /// # Errors
+    /// The first inconsistency found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let sum = |kind| {
+            self.leases
+                .values()
+                .filter(|l| l.kind == kind)
+                .map(|l| l.bytes)
+                .sum::<u64>()
+        };
+        if sum(LeaseKind::Mem) != self.pool_used || self.pool_used > self.config.pool_size {
+            return Err(format!("memory budget {} drifted", self.pool_used));
+        }
+        if sum(LeaseKind::Block) != self.block_used || self.block_used > self.config.block_pool_size
+        {
+            return Err(format!("block budget {} drifted", self.block_used));
+        }
+        let rows: BTreeSet<usize> = self.leases.values().map(|l| l.row).collect();
+        if rows != self.lease_rows || rows.len() != self.leases.len() {
+            return Err("lease rows out of step".into());
+        }
+        let reg = self.registry.get();
+        for (&id, lease) in &self.leases {
+            let mirrored = reg.leases[lease.row].read(lease.row);
+            if mirrored.is_none_or(|m| m.lease_id != id || m.state != lease.state.word()) {
+                return Err(format!("lease {id} not mirrored in the registry"));
+            }
+            if let Some(holder) = lease
+                .holders
+                .keys()
+                .find(|h| !self.participants.contains_key(h))
+            {
+                return Err(format!("lease {id} held by ended incarnation {holder}"));
+            }
+        }
+        let rows: BTreeSet<usize> = self.participants.values().map(|p| p.row).collect();
+        if rows != self.participant_rows || rows.len() != self.participants.len() {
+            return Err("participant rows out of step".into());
+        }
+        Ok(())
     }
 
     fn publish_budget(&self) {
@@ -914,6 +1081,17 @@ fn kind_word(kind: LeaseKind) -> u64 {
     }
 }
 
+/// The lowest row not in `used`, below `max`.
+fn free_row(used: &BTreeSet<usize>, max: usize) -> Option<usize> {
+    (0..max).find(|row| !used.contains(row))
+}
+
+/// A block lease's file name: instance-scoped, so instances may share a
+/// data dir.
+fn block_file_name(instance: &str, lease_id: u64) -> String {
+    format!("grafos.{instance}.lease.{lease_id}.blk")
+}
+
 fn remove_file(path: &Path) -> Result<(), FabricError> {
     std::fs::remove_file(path).map_err(|source| match source.kind() {
         std::io::ErrorKind::NotFound => FabricError::NotFound(path.display().to_string()),
@@ -925,17 +1103,25 @@ fn remove_file(path: &Path) -> Result<(), FabricError> {
     })
 }
 
-/// Removes lease files a previous run left in the data dir: with no
-/// registry to say what they were, they are garbage, and their names would
-/// collide with the new leases'.
-fn remove_stale_block_files(data_dir: &Path) {
+/// Removes the lease segments and files an earlier run of the instance
+/// left behind: with no registry to say what they were, they are garbage,
+/// and their names would collide with the new leases'. (A process still
+/// mapping one keeps its mapping.)
+fn remove_leftovers(paths: &InstancePaths, data_dir: &Path) {
+    if let Ok(objects) = list_segments(paths.instance()) {
+        for object in objects.iter().filter(|o| o.starts_with("lease.")) {
+            tracing::warn!("removing segment {object}, left by an earlier run");
+            let _ = unlink_object(paths.instance(), object);
+        }
+    }
+    let prefix = format!("grafos.{}.lease.", paths.instance());
     let Ok(entries) = std::fs::read_dir(data_dir) else {
         return;
     };
     for entry in entries.flatten() {
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name.starts_with("lease.") && name.ends_with(".blk") {
+        if name.starts_with(&prefix) && name.ends_with(".blk") {
             tracing::warn!("removing {name}, left in the data dir by an earlier run");
             let _ = std::fs::remove_file(entry.path());
         }

@@ -21,7 +21,7 @@ use std::time::Duration;
 use grafos_shm_layout::registry::lease_state;
 
 pub use crate::control::BLOCK_SIZE;
-use crate::control::{LeaseKind, Request};
+use crate::control::{LeaseGrant, LeaseKind, Request};
 use crate::error::{FabricError, Result};
 use crate::instance::instance_from_env;
 use crate::lease;
@@ -92,13 +92,10 @@ impl BlockBuilder {
         };
         let (attachment, grant) =
             lease::acquire(&self.instance, &request, LeaseKind::Block, self.wait)?;
-        BlockLease::new(
-            attachment,
-            grant.lease_id,
-            grant.bytes,
-            &grant.location,
-            grant.deadline_ms,
-        )
+        BlockLease::new(attachment, &grant).inspect_err(|_| {
+            // Nobody else knows of it: give it back.
+            let _ = lease::release(&self.instance, grant.lease_id);
+        })
     }
 }
 
@@ -106,12 +103,15 @@ impl BlockBuilder {
 /// (or is poisoned) they return `LeaseExpired` (or `LeasePoisoned`).
 #[derive(Debug)]
 pub struct BlockLease {
+    instance: String,
+    /// For the registry, where the lease's state is read.
     attachment: Arc<Attachment>,
     lease_id: u64,
     bytes: u64,
     path: PathBuf,
     file: File,
     deadline_ms: Cell<u64>,
+    released: bool,
 }
 
 impl BlockLease {
@@ -131,22 +131,12 @@ impl BlockLease {
     /// As [`BlockLease::open`].
     pub fn open_in(instance: &str, lease_id: u64) -> Result<BlockLease> {
         let (attachment, grant) = lease::open(instance, lease_id, LeaseKind::Block)?;
-        BlockLease::new(
-            attachment,
-            lease_id,
-            grant.bytes,
-            &grant.location,
-            grant.deadline_ms,
-        )
+        BlockLease::new(attachment, &grant).inspect_err(|_| lease::unhold(instance, lease_id))
     }
 
-    fn new(
-        attachment: Arc<Attachment>,
-        lease_id: u64,
-        bytes: u64,
-        path: &str,
-        deadline_ms: u64,
-    ) -> Result<BlockLease> {
+    /// Opens a granted lease's file; the hold becomes the handle's.
+    fn new(attachment: Arc<Attachment>, grant: &LeaseGrant) -> Result<BlockLease> {
+        let path = grant.location.as_str();
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -157,12 +147,14 @@ impl BlockLease {
                 source,
             })?;
         Ok(BlockLease {
+            instance: attachment.paths().instance().to_owned(),
             attachment,
-            lease_id,
-            bytes,
+            lease_id: grant.lease_id,
+            bytes: grant.bytes,
             path: PathBuf::from(path),
             file,
-            deadline_ms: Cell::new(deadline_ms),
+            deadline_ms: Cell::new(grant.deadline_ms),
+            released: false,
         })
     }
 
@@ -217,7 +209,7 @@ impl BlockLease {
     /// `LeaseExpired`, `LeasePoisoned`, `InvalidArgument`, `Disconnected`.
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         self.check()?;
-        let deadline = lease::renew(&self.attachment, self.lease_id, lease_secs)?;
+        let deadline = lease::renew(&self.instance, self.lease_id, lease_secs)?;
         self.deadline_ms.set(deadline);
         Ok(())
     }
@@ -228,9 +220,10 @@ impl BlockLease {
     /// # Errors
     /// `LeaseExpired` or `LeasePoisoned` (the hold is dropped all the
     /// same), `Disconnected`.
-    pub fn release(self) -> Result<()> {
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
         let state = self.check();
-        lease::release(&self.attachment, self.lease_id)?;
+        lease::release(&self.instance, self.lease_id)?;
         state
     }
 
@@ -284,6 +277,16 @@ impl BlockLease {
             op,
             target: self.path.display().to_string(),
             source,
+        }
+    }
+}
+
+impl Drop for BlockLease {
+    /// A handle dropped without `release` drops its hold; the lease lives
+    /// on until its deadline.
+    fn drop(&mut self) {
+        if !self.released {
+            lease::unhold(&self.instance, self.lease_id);
         }
     }
 }

@@ -8,7 +8,7 @@
 //! [`MAX_MESSAGE`] bytes in all. Anything else is malformed: the supervisor
 //! answers with [`ControlError::Malformed`] or [`ControlError::Version`].
 
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::OwnedFd;
 use std::path::Path;
 use std::time::Duration;
 
@@ -34,8 +34,13 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(10);
 pub enum Request {
     /// Is anyone there?
     Ping,
-    /// Make this connection's process a participant.
-    Attach,
+    /// Make this connection's process a participant. `holds` lists the
+    /// leases its live handles hold (lease id, handle count), so a process
+    /// that attaches again after losing its supervisor keeps its holds.
+    Attach {
+        /// (lease id, handles) pairs.
+        holds: Vec<(u64, u32)>,
+    },
     /// Lease a shared-memory segment of at least `min_bytes`.
     AcquireMem {
         /// Bytes wanted (rounded up to whole pages).
@@ -62,8 +67,15 @@ pub enum Request {
         /// Seconds from now.
         lease_secs: u64,
     },
-    /// Stop holding a lease; the last holder's release ends it.
+    /// Give a lease back: drop one hold, and end the lease if no holder
+    /// is left.
     Release {
+        /// The lease.
+        lease_id: u64,
+    },
+    /// Drop one hold without ending the lease (a handle went away; the
+    /// lease lives on until its deadline, for whoever opens it next).
+    Unhold {
         /// The lease.
         lease_id: u64,
     },
@@ -132,7 +144,7 @@ pub enum Reply {
         /// Unix milliseconds of the new deadline.
         deadline_ms: u64,
     },
-    /// Answer to `Release`, `Expire`, `Poison` and `Shutdown`.
+    /// Answer to `Release`, `Unhold`, `Expire`, `Poison` and `Shutdown`.
     Done,
     /// The request failed.
     Error(ControlError),
@@ -297,20 +309,51 @@ impl Connection {
     /// `Disconnected` if the supervisor is gone or does not answer in
     /// time.
     pub fn exchange(&self, message: &[u8]) -> Result<Vec<u8>> {
-        let lost = |what: &str, e: rustix::io::Errno| FabricError::Disconnected {
-            instance: self.instance.clone(),
-            reason: format!("supervisor connection lost ({what}: {e})"),
-        };
-        rustix::net::send(&self.socket, message, SendFlags::NOSIGNAL)
-            .map_err(|e| lost("send", e))?;
+        self.try_exchange(message).map_err(|reason| {
+            // Whatever went wrong, a reply may still arrive later and would
+            // answer the next request: this connection is done.
+            let _ = rustix::net::shutdown(&self.socket, rustix::net::Shutdown::Both);
+            FabricError::Disconnected {
+                instance: self.instance.clone(),
+                reason: format!("supervisor connection lost ({reason})"),
+            }
+        })
+    }
+
+    fn try_exchange(&self, message: &[u8]) -> std::result::Result<Vec<u8>, String> {
+        retry_eintr(|| rustix::net::send(&self.socket, message, SendFlags::NOSIGNAL))
+            .map_err(|e| format!("send: {e}"))?;
         let mut buf = vec![0u8; MAX_MESSAGE + 1];
-        let (_, len) = rustix::net::recv(&self.socket, &mut buf, RecvFlags::TRUNC)
-            .map_err(|e| lost("recv", e))?;
+        let (_, len) =
+            retry_eintr(|| rustix::net::recv(&self.socket, &mut buf[..], RecvFlags::TRUNC))
+                .map_err(|e| match e {
+                    rustix::io::Errno::AGAIN => format!("no reply within {REPLY_TIMEOUT:?}"),
+                    e => format!("recv: {e}"),
+                })?;
         if len == 0 {
-            return Err(lost("recv", rustix::io::Errno::CONNRESET));
+            return Err("the supervisor hung up".into());
         }
         buf.truncate(len.min(buf.len()));
         Ok(buf)
+    }
+
+    /// Whether the supervisor has hung up on this connection (or it broke).
+    pub fn is_closed(&self) -> bool {
+        let mut fds = [rustix::event::PollFd::new(
+            &self.socket,
+            rustix::event::PollFlags::empty(),
+        )];
+        let zero = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 0,
+        };
+        match rustix::event::poll(&mut fds, Some(&zero)) {
+            Ok(0) => false,
+            Ok(_) => fds[0]
+                .revents()
+                .intersects(rustix::event::PollFlags::HUP | rustix::event::PollFlags::ERR),
+            Err(_) => true,
+        }
     }
 
     /// Sends a request and decodes the reply; an error reply becomes a
@@ -326,10 +369,15 @@ impl Connection {
             Err(e) => Err(FabricError::Refused(format!("unreadable reply: {e:?}"))),
         }
     }
+}
 
-    /// The socket (to watch for the supervisor hanging up).
-    pub fn socket(&self) -> impl AsFd + '_ {
-        &self.socket
+/// Runs a system call again while a signal interrupts it.
+fn retry_eintr<T>(mut call: impl FnMut() -> rustix::io::Result<T>) -> rustix::io::Result<T> {
+    loop {
+        match call() {
+            Err(rustix::io::Errno::INTR) => {}
+            other => return other,
+        }
     }
 }
 

@@ -81,11 +81,6 @@ impl InstancePaths {
         self.runtime_dir.join("participants")
     }
 
-    /// The liveness file participant `incarnation` holds `flock`ed.
-    pub fn liveness_file(&self, incarnation: u64) -> PathBuf {
-        self.participants_dir().join(format!("{incarnation}.live"))
-    }
-
     /// The data dir for block leases when `grafos up` is given none.
     pub fn default_data_dir(&self) -> PathBuf {
         self.runtime_dir.join("data")

@@ -1,64 +1,88 @@
 //! What memory and block leases share: acquiring (waiting for budget if
-//! asked), opening, renewing and releasing through the supervisor.
+//! asked), opening, renewing, releasing and dropping holds through the
+//! supervisor, and the process's count of its holds.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::control::{LeaseGrant, LeaseKind, Reply, Request};
 use crate::error::{FabricError, Result};
-use crate::participant::{Attachment, attach};
+use crate::participant::{Attachment, attach, call, note_hold, note_unhold};
 
 /// How often an acquire that waits for budget asks again.
 const BUDGET_RETRY: Duration = Duration::from_millis(10);
 
 /// Sends an acquire request, asking again while the pool lacks budget and
-/// `wait` has not run out.
+/// `wait` has not run out. The grant counts as one hold of this process.
 pub(crate) fn acquire(
     instance: &str,
     request: &Request,
     kind: LeaseKind,
     wait: Option<Duration>,
 ) -> Result<(Arc<Attachment>, LeaseGrant)> {
-    let attachment = attach(instance)?;
     let deadline = wait.and_then(|w| Instant::now().checked_add(w));
     loop {
-        match attachment.call(request) {
+        match call(instance, request) {
             Err(FabricError::NoBudget { .. }) if deadline.is_some_and(|d| Instant::now() < d) => {
                 std::thread::sleep(BUDGET_RETRY);
             }
-            result => return Ok((attachment.clone(), grant(result?, kind)?)),
+            result => {
+                let grant = grant(result?, kind)?;
+                note_hold(instance, grant.lease_id);
+                return Ok((attach(instance)?, grant));
+            }
         }
     }
 }
 
-/// Becomes a holder of lease `lease_id`.
+/// Becomes a holder of lease `lease_id` (one more hold of this process).
 pub(crate) fn open(
     instance: &str,
     lease_id: u64,
     kind: LeaseKind,
 ) -> Result<(Arc<Attachment>, LeaseGrant)> {
-    let attachment = attach(instance)?;
-    let grant = grant(attachment.call(&Request::Open { lease_id })?, kind)?;
-    Ok((attachment, grant))
+    let reply = call(instance, &Request::Open { lease_id })?;
+    note_hold(instance, lease_id);
+    match grant(reply, kind) {
+        Ok(grant) => Ok((attach(instance)?, grant)),
+        Err(e) => {
+            unhold(instance, lease_id);
+            Err(e)
+        }
+    }
 }
 
 /// Moves the lease's deadline to `lease_secs` from now; returns the new
 /// deadline in Unix milliseconds.
-pub(crate) fn renew(attachment: &Arc<Attachment>, lease_id: u64, lease_secs: u64) -> Result<u64> {
-    match attachment.call(&Request::Renew {
-        lease_id,
-        lease_secs,
-    })? {
+pub(crate) fn renew(instance: &str, lease_id: u64, lease_secs: u64) -> Result<u64> {
+    match call(
+        instance,
+        &Request::Renew {
+            lease_id,
+            lease_secs,
+        },
+    )? {
         Reply::Renewed { deadline_ms } => Ok(deadline_ms),
         other => Err(unexpected(&other)),
     }
 }
 
-/// Stops holding the lease.
-pub(crate) fn release(attachment: &Arc<Attachment>, lease_id: u64) -> Result<()> {
-    match attachment.call(&Request::Release { lease_id })? {
+/// Gives one hold back, ending the lease if it was the last.
+pub(crate) fn release(instance: &str, lease_id: u64) -> Result<()> {
+    note_unhold(instance, lease_id);
+    match call(instance, &Request::Release { lease_id })? {
         Reply::Done => Ok(()),
         other => Err(unexpected(&other)),
+    }
+}
+
+/// Drops one hold, leaving the lease to its deadline (a handle went away
+/// without `release`). Best effort: with no supervisor to tell, the hold
+/// ends with the process.
+pub(crate) fn unhold(instance: &str, lease_id: u64) {
+    note_unhold(instance, lease_id);
+    if let Err(e) = call(instance, &Request::Unhold { lease_id }) {
+        tracing::debug!(lease_id, "unhold: {e}");
     }
 }
 

@@ -21,7 +21,6 @@ use std::collections::BTreeMap;
 use crate::error::{FabricError, Result};
 use crate::instance::instance_from_env;
 use crate::lease;
-use crate::participant::attach;
 
 /// When and how a lease is renewed.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -160,6 +159,6 @@ impl RenewalManager {
     }
 
     fn renew(&self, lease_id: u64, lease_secs: u64) -> Result<u64> {
-        lease::renew(&attach(&self.instance)?, lease_id, lease_secs)
+        lease::renew(&self.instance, lease_id, lease_secs)
     }
 }

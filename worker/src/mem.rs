@@ -12,7 +12,6 @@
 //! ```
 
 use std::cell::Cell;
-use std::sync::Arc;
 use std::time::Duration;
 
 use grafos_shm_layout::header::{Expect, FenceState};
@@ -93,11 +92,15 @@ impl MemBuilder {
         let (attachment, grant) =
             lease::acquire(&self.instance, &request, LeaseKind::Mem, self.wait)?;
         MemLease::map(
-            attachment,
+            &attachment,
             grant.lease_id,
             &grant.location,
             grant.deadline_ms,
         )
+        .inspect_err(|_| {
+            // Nobody else knows of it: give it back.
+            let _ = lease::release(&self.instance, grant.lease_id);
+        })
     }
 }
 
@@ -108,10 +111,11 @@ impl MemBuilder {
 /// handle lives, so nothing here touches freed memory.
 #[derive(Debug)]
 pub struct MemLease {
-    attachment: Arc<Attachment>,
+    instance: String,
     lease_id: u64,
     segment: Segment,
     deadline_ms: Cell<u64>,
+    released: bool,
 }
 
 impl MemLease {
@@ -130,16 +134,19 @@ impl MemLease {
     /// As [`MemLease::open`].
     pub fn open_in(instance: &str, lease_id: u64) -> Result<MemLease> {
         let (attachment, grant) = lease::open(instance, lease_id, LeaseKind::Mem)?;
-        MemLease::map(attachment, lease_id, &grant.location, grant.deadline_ms)
+        MemLease::map(&attachment, lease_id, &grant.location, grant.deadline_ms)
+            .inspect_err(|_| lease::unhold(instance, lease_id))
     }
 
+    /// Maps a granted lease; the hold becomes the handle's.
     fn map(
-        attachment: Arc<Attachment>,
+        attachment: &Attachment,
         lease_id: u64,
         object: &str,
         deadline_ms: u64,
     ) -> Result<MemLease> {
-        let name = SegmentName::new(attachment.paths().instance(), object)?;
+        let instance = attachment.paths().instance();
+        let name = SegmentName::new(instance, object)?;
         let segment = Segment::open(
             &name,
             &Expect {
@@ -154,10 +161,11 @@ impl MemLease {
             )));
         }
         Ok(MemLease {
-            attachment,
+            instance: instance.to_owned(),
             lease_id,
             segment,
             deadline_ms: Cell::new(deadline_ms),
+            released: false,
         })
     }
 
@@ -201,7 +209,7 @@ impl MemLease {
     /// absurd TTL, `Disconnected`.
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         self.check()?;
-        let deadline = lease::renew(&self.attachment, self.lease_id, lease_secs)?;
+        let deadline = lease::renew(&self.instance, self.lease_id, lease_secs)?;
         self.deadline_ms.set(deadline);
         Ok(())
     }
@@ -212,9 +220,10 @@ impl MemLease {
     /// # Errors
     /// `LeaseExpired` or `LeasePoisoned` (the hold is dropped all the
     /// same), `Disconnected`.
-    pub fn release(self) -> Result<()> {
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
         let state = self.check();
-        lease::release(&self.attachment, self.lease_id)?;
+        lease::release(&self.instance, self.lease_id)?;
         state
     }
 
@@ -226,8 +235,12 @@ impl MemLease {
         self.check()?;
         let start = self.bounds(offset, buf.len())?;
         // SAFETY: `start..start + buf.len()` is inside the mapped body
-        // (`bounds`); other processes may write those bytes concurrently,
-        // which at worst yields torn data in `buf`, never UB for `u8`s.
+        // (`bounds`), which stays mapped while `self` lives. Other
+        // processes may write those bytes while we copy: shared memory
+        // between processes is outside Rust's memory model, and like every
+        // shared-memory transport this copies plain bytes, for which any
+        // value (torn or not) is valid; callers that need consistency
+        // synchronise through atomics of their own.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 self.segment.body().as_ptr().add(start),
@@ -245,8 +258,10 @@ impl MemLease {
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check()?;
         let start = self.bounds(offset, data.len())?;
-        // SAFETY: in bounds of the mapped body (`bounds`); `data` is our
-        // own memory, so the ranges do not overlap.
+        // SAFETY: in bounds of the mapped body (`bounds`), which stays
+        // mapped while `self` lives; `data` is our own memory, so the
+        // ranges do not overlap. Concurrent access by other processes is
+        // as for `read_at`.
         unsafe {
             std::ptr::copy_nonoverlapping(
                 data.as_ptr(),
@@ -270,6 +285,16 @@ impl MemLease {
                 "{len} bytes at offset {offset} overrun the lease's {} bytes",
                 self.len()
             ))),
+        }
+    }
+}
+
+impl Drop for MemLease {
+    /// A handle dropped without `release` drops its hold; the lease lives
+    /// on until its deadline.
+    fn drop(&mut self) {
+        if !self.released {
+            lease::unhold(&self.instance, self.lease_id);
         }
     }
 }

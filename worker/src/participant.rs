@@ -10,6 +10,7 @@
 //! is down, and a recycled pid has another start time and so another file.
 //! (A child forked without `exec` shares the lock with its parent.)
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
@@ -43,13 +44,20 @@ pub struct Attachment {
 /// Attachments of this process, one per instance.
 static ATTACHMENTS: Mutex<Vec<Arc<Attachment>>> = Mutex::new(Vec::new());
 
+/// Leases this process's live handles hold, by instance and lease id, with
+/// the number of handles: sent along when the process attaches (again), so
+/// a new supervisor connection carries the process's holds.
+static HOLDS: Mutex<BTreeMap<(String, u64), u32>> = Mutex::new(BTreeMap::new());
+
 /// This process's attachment to `instance`, made on first use and shared
-/// by every lease of the process.
+/// by every lease of the process; made anew if the supervisor hung up on
+/// the old one (a restarted supervisor, say).
 ///
 /// # Errors
 /// `Disconnected` if no supervisor runs; `Refused` if it refuses.
 pub fn attach(instance: &str) -> Result<Arc<Attachment>> {
     let mut all = ATTACHMENTS.lock().unwrap_or_else(PoisonError::into_inner);
+    all.retain(|a| !a.is_closed());
     if let Some(found) = all.iter().find(|a| a.paths.instance() == instance) {
         return Ok(found.clone());
     }
@@ -57,6 +65,50 @@ pub fn attach(instance: &str) -> Result<Arc<Attachment>> {
     start_heartbeat(Arc::downgrade(&attachment));
     all.push(attachment.clone());
     Ok(attachment)
+}
+
+/// Sends `request` through this process's attachment to `instance`; if the
+/// connection turns out to be lost, attaches again (carrying the
+/// process's holds) and sends it once more.
+///
+/// # Errors
+/// `Disconnected` if no supervisor answers; the supervisor's error reply.
+pub fn call(instance: &str, request: &Request) -> Result<Reply> {
+    match attach(instance)?.call(request) {
+        Err(FabricError::Disconnected { .. }) => attach(instance)?.call(request),
+        result => result,
+    }
+}
+
+/// Counts one more handle of this process on lease `lease_id`.
+pub(crate) fn note_hold(instance: &str, lease_id: u64) {
+    *HOLDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .entry((instance.to_owned(), lease_id))
+        .or_default() += 1;
+}
+
+/// Counts one handle fewer on lease `lease_id`.
+pub(crate) fn note_unhold(instance: &str, lease_id: u64) {
+    let mut holds = HOLDS.lock().unwrap_or_else(PoisonError::into_inner);
+    let key = (instance.to_owned(), lease_id);
+    if let Some(count) = holds.get_mut(&key) {
+        *count -= 1;
+        if *count == 0 {
+            holds.remove(&key);
+        }
+    }
+}
+
+fn holds_of(instance: &str) -> Vec<(u64, u32)> {
+    HOLDS
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner)
+        .iter()
+        .filter(|((i, _), _)| i == instance)
+        .map(|(&(_, id), &n)| (id, n))
+        .collect()
 }
 
 /// The liveness file of a process.
@@ -85,7 +137,9 @@ impl Attachment {
             incarnation,
             row,
             instance_token,
-        } = connection.call(&Request::Attach)?
+        } = connection.call(&Request::Attach {
+            holds: holds_of(paths.instance()),
+        })?
         else {
             return Err(FabricError::Refused("unexpected reply to Attach".into()));
         };
@@ -104,25 +158,23 @@ impl Attachment {
         })
     }
 
-    /// Sends a request to the supervisor. A lost connection drops this
-    /// attachment from the process's cache, so the next `attach` makes a
-    /// new one (with a new incarnation).
+    /// Sends a request to the supervisor through this attachment.
     ///
     /// # Errors
-    /// `Disconnected`, or the supervisor's error reply.
-    pub fn call(self: &Arc<Self>, request: &Request) -> Result<Reply> {
-        let result = self
-            .connection
+    /// `Disconnected` (the connection is then closed for good, and the
+    /// next [`attach`] makes a new one), or the supervisor's error reply.
+    pub fn call(&self, request: &Request) -> Result<Reply> {
+        self.connection
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .call(request);
-        if let Err(FabricError::Disconnected { .. }) = result {
-            ATTACHMENTS
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .retain(|a| !Arc::ptr_eq(a, self));
-        }
-        result
+            .call(request)
+    }
+
+    fn is_closed(&self) -> bool {
+        self.connection
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_closed()
     }
 
     /// The instance's paths.

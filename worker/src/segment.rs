@@ -121,6 +121,28 @@ pub fn list_segments(instance: &str) -> Result<Vec<String>> {
     Ok(objects)
 }
 
+/// Unlinks `/dev/shm/grafos.<instance>.<object>` whatever the object's
+/// characters (for removing what [`list_segments`] found, names that
+/// [`SegmentName`] would refuse included).
+///
+/// # Errors
+/// `InvalidName` for a bad instance or an object with a `/`; `NotFound`;
+/// `Io`.
+pub fn unlink_object(instance: &str, object: &str) -> Result<()> {
+    validate_instance(instance)?;
+    if object.is_empty() || object.contains('/') {
+        return Err(FabricError::InvalidName {
+            name: object.to_owned(),
+            reason: "not a file name",
+        });
+    }
+    let path = format!("/{}{object}", instance_prefix(instance));
+    shm::unlink(&path).map_err(|e| match e {
+        Errno::NOENT => FabricError::NotFound(path),
+        e => FabricError::io("shm_unlink", path, e),
+    })
+}
+
 /// What a new segment holds.
 #[derive(Clone, Copy, Debug)]
 pub struct SegmentSpec {

@@ -171,9 +171,42 @@ impl Instance {
     }
 }
 
+impl Instance {
+    /// The pid in the instance's supervisor lock file.
+    pub fn supervisor_pid(&self) -> i32 {
+        std::fs::read_to_string(self.runtime_dir().join("supervisor.lock"))
+            .ok()
+            .and_then(|pid| pid.trim().parse().ok())
+            .expect("a supervisor pid in the lock file")
+    }
+
+    /// Waits until process `pid` is gone.
+    pub fn await_gone(&self, pid: i32) {
+        let deadline = Instant::now() + DEADLINE;
+        // SAFETY: kill(2) with signal 0 only checks that the pid exists.
+        while unsafe { libc::kill(pid, 0) } == 0 {
+            assert!(Instant::now() < deadline, "pid {pid} did not go");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+}
+
 impl Drop for Instance {
     fn drop(&mut self) {
-        let _ = self.grafos(&["down"]);
+        let down = self.grafos(&["down"]);
+        if !down.status.success() {
+            // The test failed in a way `down` cannot mend: stop the
+            // supervisor it started and remove what is left.
+            if let Ok(pid) = std::fs::read_to_string(self.runtime_dir().join("supervisor.lock"))
+                && let Ok(pid) = pid.trim().parse::<i32>()
+            {
+                // SAFETY: kill(2) on the supervisor this test started.
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            for object in list_segments(&self.name).unwrap_or_default() {
+                let _ = grafos_worker::segment::unlink_object(&self.name, &object);
+            }
+        }
         let _ = std::fs::remove_dir_all(&self.root);
     }
 }

@@ -160,6 +160,9 @@ fn budget_refuses_and_recovers() {
     assert_eq!(instance.counter("budget_refusals"), 1);
     // A waiting acquire gets its budget once A lets go.
     b.send("acquire-mem 32768 30 15000");
+    instance.await_status("the waiting acquire to be refused once", |s| {
+        s["counters"]["budget_refusals"].as_u64() >= Some(2)
+    });
     a.ok("release");
     b.answer().expect("the waiting acquire succeeds");
     // A holder that dies keeps its lease until it expires; then the
@@ -347,6 +350,40 @@ fn bad_requests_through_the_socket() {
         }
     }
     assert!(instance.counter("bad_messages") >= 1000);
+    // A client that sends and never reads its replies is cut off (the
+    // supervisor does not wait for it) ...
+    let deaf = rustix::net::socket_with(
+        rustix::net::AddressFamily::UNIX,
+        rustix::net::SocketType::SEQPACKET,
+        rustix::net::SocketFlags::CLOEXEC,
+        None,
+    )
+    .unwrap();
+    rustix::net::connect(
+        &deaf,
+        &rustix::net::SocketAddrUnix::new(paths.socket()).unwrap(),
+    )
+    .unwrap();
+    rustix::net::sockopt::set_socket_timeout(
+        &deaf,
+        rustix::net::sockopt::Timeout::Send,
+        Some(DEADLINE),
+    )
+    .unwrap();
+    let ping = encode(&Request::Ping);
+    let cut_off = (0..1_000_000)
+        .find_map(|_| rustix::net::send(&deaf, &ping, rustix::net::SendFlags::NOSIGNAL).err());
+    assert!(
+        matches!(
+            cut_off,
+            Some(rustix::io::Errno::PIPE | rustix::io::Errno::CONNRESET)
+        ),
+        "the deaf client was not cut off: {cut_off:?}"
+    );
+    // ... and idle connections do not crowd out the rest.
+    let idle: Vec<_> = (0..300)
+        .map(|_| Connection::connect(&instance.name, &paths.socket()).unwrap())
+        .collect();
     // Still serving, on this connection and on new ones.
     assert!(matches!(
         connection.call(&Request::Ping),
@@ -354,7 +391,7 @@ fn bad_requests_through_the_socket() {
     ));
     let mut peer = instance.peer();
     peer.ok("acquire-mem 4096 30");
-    drop(peer);
+    drop((peer, idle));
     assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();
 }
@@ -370,11 +407,12 @@ fn scribbled_segments_yield_errors() {
     let mut claimer = instance.peer();
     claimer.ok("claim jobs");
     // Another process (this one) writes random bytes over every segment of
-    // the instance, headers included.
+    // the instance, headers included, in place (the size stays).
     let mut seed = 0x2545_f491_4f6c_dd1du64;
     for object in list_segments(&instance.name).unwrap() {
         let path = format!("/dev/shm/grafos.{}.{object}", instance.name);
-        let len = std::fs::metadata(&path).unwrap().len() as usize;
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        let len = file.metadata().unwrap().len() as usize;
         let junk: Vec<u8> = (0..len)
             .map(|_| {
                 seed ^= seed << 13;
@@ -383,38 +421,42 @@ fn scribbled_segments_yield_errors() {
                 seed as u8
             })
             .collect();
-        std::fs::write(&path, junk).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &junk, 0).unwrap();
     }
     // A death makes the supervisor repair the scribbled queue.
     claimer.kill();
-    let status = instance.grafos(&["status"]);
-    assert!(status.status.code().is_some(), "status crashed: {status:?}");
-    let json = instance.grafos(&["status", "--json"]);
-    assert!(
-        json.status.code().is_some(),
-        "status --json crashed: {json:?}"
-    );
-    let segments = instance.grafos(&["segments"]);
-    assert!(segments.status.success(), "{}", text(&segments));
-    // The lease's user gets errors or data, never a crash.
-    let _ = holder.cmd("check");
-    let _ = holder.cmd("read 16");
-    let _ = holder.cmd(&format!("open-mem {id}"));
-    // The supervisor still serves.
-    let paths = InstancePaths::in_root(&instance.name, &instance.root).unwrap();
-    let deadline = Instant::now() + DEADLINE;
-    loop {
-        let ping = Connection::connect(&instance.name, &paths.socket())
-            .and_then(|c| c.call(&Request::Ping));
-        if matches!(ping, Ok(Reply::Pong { .. })) {
-            break;
-        }
+    // The tools report errors; none crashes (a signal leaves no exit code).
+    for args in [&["status"][..], &["status", "--json"], &["segments"]] {
+        let out = instance.grafos(args);
         assert!(
-            Instant::now() < deadline,
-            "supervisor stopped answering: {ping:?}"
+            out.status.code().is_some(),
+            "grafos {args:?} crashed: {out:?}"
         );
     }
-    drop(holder);
+    // Users get errors or data, never a crash: every command is answered.
+    for command in [
+        "check",
+        "read 16",
+        &format!("open-mem {id}"),
+        "acquire-mem 4096 30",
+    ] {
+        let _ = holder.cmd(command);
+    }
+    let mut newcomer = instance.peer();
+    let _ = newcomer.cmd("acquire-block 1 30");
+    // The supervisor still serves.
+    let paths = InstancePaths::in_root(&instance.name, &instance.root).unwrap();
+    let ping =
+        Connection::connect(&instance.name, &paths.socket()).and_then(|c| c.call(&Request::Ping));
+    assert!(matches!(ping, Ok(Reply::Pong { .. })), "{ping:?}");
+    // A supervisor restarted over the scribbled registry starts clean, and
+    // `down` still removes everything.
+    let pid = instance.supervisor_pid();
+    // SAFETY: kill(2) on the supervisor this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGKILL) }, 0);
+    instance.await_gone(pid);
+    instance.up(&[]);
+    drop((holder, newcomer));
     let down = instance.grafos(&["down"]);
     assert!(down.status.success(), "{}", text(&down));
     instance.assert_clean();
@@ -463,23 +505,38 @@ fn up_adopts() {
     });
     // Its socket is stale now; a new supervisor replaces it and takes the
     // lease over with its deadline and budget.
-    instance.up(&[]);
+    instance.up(&["--grace-secs", "1"]);
     let after = instance.status();
     assert_ne!(after["supervisor"]["pid"], before["supervisor"]["pid"]);
     let row = lease_row(&after, id).expect("the lease was adopted");
     assert_eq!(row["state"], "active");
     assert!(row["ttl_left_ms"].as_u64().unwrap() <= 60_000);
     assert_eq!(after["memory_pool"]["used"], 8192);
-    // A new process opens it through the new supervisor; the old holder
-    // still reads it.
+    // The old holder attaches again on its next call, keeping its hold: it
+    // renews, and the renewal moves the deadline.
+    assert_eq!(a.ok("read 8"), "survives");
+    a.ok("renew 600");
+    let renewed = instance.status();
+    let row = lease_row(&renewed, id).unwrap();
+    assert!(row["ttl_left_ms"].as_u64().unwrap() > 60_000, "{row}");
+    assert_eq!(row["holders"], 1);
+    // A new process opens it through the new supervisor.
     let mut b = instance.peer();
     b.ok(&format!("open-mem {id}"));
     assert_eq!(b.ok("read 8"), "survives");
-    assert_eq!(a.ok("read 8"), "survives");
     // New leases get new ids.
-    let next = lease_id(&b.ok("acquire-mem 4096 60"));
+    let mut c = instance.peer();
+    let next = lease_id(&c.ok("acquire-mem 4096 60"));
     assert!(next > id);
-    drop((a, b));
+    // Releases through either holder count; the last ends the lease.
+    a.ok("release");
+    assert_eq!(
+        lease_row(&instance.status(), id).unwrap()["state"],
+        "active"
+    );
+    b.ok("release");
+    instance.await_status("the adopted lease to end", |s| lease_row(s, id).is_none());
+    drop((a, b, c));
     assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();
 }
