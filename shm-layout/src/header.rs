@@ -339,9 +339,13 @@ impl SegmentHeader {
     pub fn fence_futex(&self) -> &std::sync::atomic::AtomicU32 {
         // SAFETY: the fence word is an 8-aligned AtomicU64 living as long
         // as `self`; on a little-endian machine its first four bytes are
-        // its low half, a valid, 4-aligned AtomicU32. Mixed-size atomic
-        // access is what futexes on 64-bit words need; both views only
-        // ever see whole atomic operations.
+        // its low half, a valid, 4-aligned AtomicU32 for the same lifetime.
+        // Rust's memory model does not define mixed-size atomic accesses
+        // to one location; what this relies on is the hardware's (x86-64
+        // and aarch64 make an aligned 4-byte access inside an 8-byte
+        // atomic single-copy atomic) and the kernel's (FUTEX_WAIT reads
+        // the 32-bit word atomically). Through this view we only load and
+        // futex-wait; every store goes through the 64-bit word.
         unsafe { &*std::ptr::from_ref(&self.fence).cast::<std::sync::atomic::AtomicU32>() }
     }
 
