@@ -74,6 +74,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Start the workers of a topology file under the supervisor and
+    /// follow them until they stop (Ctrl-C stops them).
+    ///
+    /// Starts the instance first if it is not up (and takes it down at the
+    /// end). Workers start in file order, each in its own process group
+    /// with GRAFOS_INSTANCE and GRAFOS_WORKER_ID set; they are restarted by
+    /// the file's strategy (one_for_one, one_for_all, rest_for_one),
+    /// restart type (permanent, transient, temporary) and intensity
+    /// (max_restarts within period_secs), and stopped in reverse order:
+    /// SIGTERM, then SIGKILL after shutdown_grace_secs. Exits 0 if every
+    /// worker finished or the group was stopped on request, 1 otherwise.
+    Run {
+        /// The topology file (TOML; see the README).
+        topology: PathBuf,
+    },
+    /// Send a signal to a worker of the running topology (a failover
+    /// drill; SIGKILL unless --signal says otherwise).
+    Kill {
+        /// The worker id (`name`, or `name.N` for replicas).
+        worker: String,
+        /// Signal name (KILL, TERM, INT, HUP, STOP, CONT, USR1, USR2, QUIT,
+        /// ABRT, with or without SIG) or number.
+        #[arg(long, default_value = "KILL", value_parser = parse_signal)]
+        signal: i32,
+    },
     /// Failover drills on a lease.
     Lease {
         #[command(subcommand)]
@@ -100,6 +125,24 @@ enum LeaseAction {
         /// Lease id.
         id: u64,
     },
+}
+
+/// Parses a signal name (`KILL`, `SIGTERM`, ...) or number.
+fn parse_signal(text: &str) -> Result<i32, String> {
+    if let Ok(n) = text.parse::<i32>() {
+        return if (1..=64).contains(&n) {
+            Ok(n)
+        } else {
+            Err(format!("signal {n} is not 1 to 64"))
+        };
+    }
+    let upper = text.to_ascii_uppercase();
+    let name = upper.strip_prefix("SIG").unwrap_or(&upper);
+    grafos_runtime::group::SIGNALS
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|&(_, number)| number)
+        .ok_or_else(|| format!("unknown signal {text:?}"))
 }
 
 /// Parses `4096`, `64K`, `256M`, `1G` (also `KiB`, `MiB`, `GiB`).
@@ -221,6 +264,20 @@ fn main() -> ExitCode {
             )),
             Err(e) => Err(e.to_string()),
         },
+        Command::Run { topology } => match grafos_runtime::run::run(&paths, &topology) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
+        Command::Kill { worker, signal } => Connection::connect(paths.instance(), &paths.socket())
+            .and_then(|c| {
+                c.call(&Request::Kill {
+                    worker: worker.clone(),
+                    signal,
+                })
+            })
+            .map(|_| println!("signal {signal} sent to worker {worker}"))
+            .map_err(|e| e.to_string()),
         Command::Lease { action } => {
             let (request, done) = match action {
                 LeaseAction::Expire { id } => (Request::Expire { lease_id: id }, "expired"),

@@ -120,7 +120,10 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
     let mut next_id = 0u64;
     let mut next_tick = Instant::now();
     let mut accept_paused_until = None;
-    while !STOP.load(Ordering::Relaxed) && !supervisor.shutdown_requested() {
+    while !supervisor.finished() {
+        if STOP.load(Ordering::Relaxed) {
+            supervisor.request_shutdown();
+        }
         // The poll set: the listener (unless resting), then each
         // connection's socket and pidfd (whichever it has), by index.
         let listening = accept_paused_until.is_none_or(|t| Instant::now() >= t);
@@ -139,6 +142,17 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
             });
             slots.push((id, socket, pidfd));
         }
+        let workers: Vec<(usize, usize)> = match supervisor.group() {
+            Some(group) => group
+                .pidfds()
+                .into_iter()
+                .map(|(worker, fd)| {
+                    fds.push(PollFd::from_borrowed_fd(fd, PollFlags::IN));
+                    (worker, fds.len() - 1)
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let timeout = next_tick.saturating_duration_since(Instant::now());
         let timeout = rustix::time::Timespec {
             tv_sec: timeout.as_secs() as i64,
@@ -157,7 +171,17 @@ pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
             .iter()
             .map(|&(id, socket, pidfd)| (id, revents(socket), !revents(pidfd).is_empty()))
             .collect();
+        let exited_workers: Vec<usize> = workers
+            .iter()
+            .filter(|&&(_, at)| !fds[at].revents().is_empty())
+            .map(|&(worker, _)| worker)
+            .collect();
         drop(fds);
+        if let Some(group) = supervisor.group() {
+            for worker in exited_workers {
+                group.child_exited(worker);
+            }
+        }
         for (id, socket, exited) in events {
             if exited {
                 close(&mut supervisor, &mut connections, id);

@@ -18,6 +18,8 @@ use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
 use grafos_worker::segment::{Segment, SegmentName, list_segments};
 use serde::Serialize;
+
+use crate::group::{GroupStatus, read_status};
 use std::sync::atomic::Ordering::Relaxed;
 
 /// Everything `grafos status` shows.
@@ -37,6 +39,8 @@ pub struct Status {
     pub participants: Vec<ParticipantStatus>,
     /// Queues of the instance.
     pub queues: Vec<QueueStatus>,
+    /// The workers of the topology `grafos run` started, if any.
+    pub workers: Option<GroupStatus>,
     /// Instance counters by name.
     pub counters: BTreeMap<&'static str, u64>,
 }
@@ -192,6 +196,7 @@ pub fn read(paths: &InstancePaths) -> Result<Status, FabricError> {
             })
             .collect(),
         queues: queues(paths.instance())?,
+        workers: read_status(&paths.runtime_dir().join("workers.json")),
         counters,
     })
 }
@@ -328,6 +333,34 @@ pub fn render(status: &Status) -> String {
                     if q.sealed { " sealed" } else { "" }
                 );
             }
+        }
+    }
+    if let Some(group) = &status.workers {
+        let _ = writeln!(
+            out,
+            "\nWORKERS ({:?}, {}{})",
+            group.strategy,
+            group.state,
+            group
+                .reason
+                .as_ref()
+                .map_or_else(String::new, |r| format!(": {r}"))
+        );
+        let _ = writeln!(
+            out,
+            "{:<20} {:<8} {:>8} {:>8}  LAST EXIT",
+            "ID", "STATE", "PID", "RESTARTS"
+        );
+        for w in &group.workers {
+            let _ = writeln!(
+                out,
+                "{:<20} {:<8} {:>8} {:>8}  {}",
+                w.id,
+                w.state,
+                w.pid.map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                w.restarts,
+                w.last_exit.as_deref().unwrap_or("-")
+            );
         }
     }
     let _ = writeln!(out, "\nCOUNTERS");

@@ -11,6 +11,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use grafos_worker::FabricError;
+
+use crate::group::Group;
+use crate::topology::Topology;
 use grafos_worker::collections::queue::FabricQueue;
 use grafos_worker::control::{
     BLOCK_SIZE, ControlError, LeaseGrant, LeaseKind, Reply, Request, decode, encode,
@@ -139,6 +142,8 @@ pub struct Supervisor {
     next_incarnation: u64,
     lease_rows: BTreeSet<usize>,
     participant_rows: BTreeSet<usize>,
+    /// The workers `grafos run` started, if any.
+    group: Option<Group>,
     shutdown_requested: bool,
 }
 
@@ -229,6 +234,7 @@ impl Supervisor {
             next_incarnation: 1,
             lease_rows: BTreeSet::new(),
             participant_rows: BTreeSet::new(),
+            group: None,
             shutdown_requested: false,
         }
     }
@@ -383,11 +389,6 @@ impl Supervisor {
         &self.paths
     }
 
-    /// Whether a `Shutdown` request came in.
-    pub fn shutdown_requested(&self) -> bool {
-        self.shutdown_requested
-    }
-
     /// The instance counters.
     pub fn counters(&self) -> &InstanceCounters {
         self.counters.get()
@@ -449,8 +450,26 @@ impl Supervisor {
             }
             Request::Expire { lease_id } => self.end_by_hand(lease_id, State::Expired, now_ms),
             Request::Poison { lease_id } => self.end_by_hand(lease_id, State::Poisoned, now_ms),
+            Request::Run { topology, dir } => self.run(&topology, &dir),
+            Request::StopGroup => match &mut self.group {
+                Some(group) => {
+                    group.stop("stopped by request");
+                    Ok(Reply::Done)
+                }
+                None => Err(ControlError::Invalid("no topology is running".into())),
+            },
+            Request::Kill { worker, signal } => match &self.group {
+                Some(group) => group
+                    .kill(&worker, signal)
+                    .map(|_| Reply::Done)
+                    .map_err(ControlError::Invalid),
+                None => Err(ControlError::Invalid("no topology is running".into())),
+            },
             Request::Shutdown => {
                 self.shutdown_requested = true;
+                if let Some(group) = &mut self.group {
+                    group.stop("the instance is going down");
+                }
                 Ok(Reply::Done)
             }
         };
@@ -508,6 +527,43 @@ impl Supervisor {
         self.counters().add(Counter::ParticipantsAttached, 1);
         tracing::info!(incarnation, pid = process.pid, "participant attached");
         Ok(self.attached_reply(incarnation, row))
+    }
+
+    /// Starts the workers of a topology, unless one is running.
+    fn run(&mut self, text: &str, dir: &str) -> Result<Reply, ControlError> {
+        if self.group.as_ref().is_some_and(|g| !g.is_stopped()) {
+            return Err(ControlError::Invalid(
+                "a topology is running already; `grafos run` ends it on Ctrl-C, `grafos down` too"
+                    .into(),
+            ));
+        }
+        let topology = Topology::parse(text, Path::new(dir)).map_err(ControlError::Invalid)?;
+        tracing::info!(workers = topology.instances().len(), "starting a topology");
+        self.group = Some(Group::start(
+            topology,
+            self.paths.instance(),
+            self.paths.runtime_dir().join("workers.json"),
+        ));
+        Ok(Reply::Done)
+    }
+
+    /// The running group, if any (the event loop watches its pidfds).
+    pub fn group(&mut self) -> Option<&mut Group> {
+        self.group.as_mut()
+    }
+
+    /// Whether the supervisor may exit: shutdown was asked for and no
+    /// worker is left running.
+    pub fn finished(&self) -> bool {
+        self.shutdown_requested && self.group.as_ref().is_none_or(Group::is_stopped)
+    }
+
+    /// Asks for shutdown (a stop signal): workers are stopped first.
+    pub fn request_shutdown(&mut self) {
+        self.shutdown_requested = true;
+        if let Some(group) = &mut self.group {
+            group.stop("the supervisor was told to stop");
+        }
     }
 
     fn attached_reply(&self, incarnation: u64, row: usize) -> Reply {
@@ -803,11 +859,15 @@ impl Supervisor {
         );
     }
 
-    /// One reaper pass at `now_ms`: expires leases past their deadline,
+    /// One reaper pass at `now_ms`: moves a stopping worker group along,
+    /// expires leases past their deadline,
     /// unlinks ended leases past their grace (or with no holder left), and
     /// gives back the budget of unlinked leases no live participant maps.
     /// (Deaths are seen by the event loop, through pidfds.)
     pub fn tick(&mut self, now_ms: u64) {
+        if let Some(group) = &mut self.group {
+            group.tick();
+        }
         let due: Vec<u64> = self
             .leases
             .iter()

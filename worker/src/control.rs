@@ -22,7 +22,7 @@ use crate::error::{FabricError, Result};
 /// Protocol version this build speaks.
 pub const PROTOCOL_VERSION: u16 = 1;
 /// Largest message, frame header included.
-pub const MAX_MESSAGE: usize = 4096;
+pub const MAX_MESSAGE: usize = 65_536;
 /// Bytes before the body.
 pub const FRAME_HEADER: usize = 8;
 const MAGIC: [u8; 4] = *b"GRFC";
@@ -89,7 +89,25 @@ pub enum Request {
         /// The lease.
         lease_id: u64,
     },
-    /// Expire every lease, remove what the instance made, and exit.
+    /// Start and supervise the workers of a topology (`grafos run`).
+    Run {
+        /// The topology file's text (TOML).
+        topology: String,
+        /// The file's directory (relative working directories start here).
+        dir: String,
+    },
+    /// Stop the running topology's workers (reverse order, SIGTERM, then
+    /// SIGKILL after the grace period).
+    StopGroup,
+    /// Send a signal to a worker's process group (a failover drill).
+    Kill {
+        /// The worker id (`name` or `name.N`).
+        worker: String,
+        /// The signal number.
+        signal: i32,
+    },
+    /// Stop the workers, expire every lease, remove what the instance
+    /// made, and exit.
     Shutdown,
 }
 
@@ -144,7 +162,8 @@ pub enum Reply {
         /// Unix milliseconds of the new deadline.
         deadline_ms: u64,
     },
-    /// Answer to `Release`, `Unhold`, `Expire`, `Poison` and `Shutdown`.
+    /// Answer to `Release`, `Unhold`, `Expire`, `Poison`, `Run`,
+    /// `StopGroup`, `Kill` and `Shutdown`.
     Done,
     /// The request failed.
     Error(ControlError),

@@ -22,6 +22,7 @@
 pub mod block;
 pub mod collections;
 pub mod control;
+pub mod drain;
 pub mod edge;
 pub mod error;
 pub mod futex;

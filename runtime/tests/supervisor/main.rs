@@ -8,7 +8,9 @@
 //! the peer; arguments that are not flags filter tests by name.
 
 mod peer;
+mod run_tests;
 mod tests;
+mod worker;
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -18,14 +20,15 @@ use std::time::{Duration, Instant};
 
 use grafos_worker::segment::list_segments;
 
-const GRAFOS: &str = env!("CARGO_BIN_EXE_grafos");
+pub const GRAFOS: &str = env!("CARGO_BIN_EXE_grafos");
 /// How long any awaited condition may take.
 pub const DEADLINE: Duration = Duration::from_secs(20);
 
 fn main() {
-    if std::env::var_os("GRAFOS_TEST_PEER").is_some() {
-        peer::main();
-        return;
+    match std::env::var("GRAFOS_TEST_PEER").as_deref() {
+        Ok("worker") => return worker::main(),
+        Ok(_) => return peer::main(),
+        Err(_) => {}
     }
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -33,7 +36,7 @@ fn main() {
         .collect();
     let mut failed = Vec::new();
     let mut ran = 0;
-    for (name, test) in tests::ALL {
+    for (name, test) in tests::ALL.iter().chain(run_tests::ALL) {
         if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
             continue;
         }
@@ -74,7 +77,7 @@ impl Instance {
         self.root.join(&self.name)
     }
 
-    fn command(&self, program: &str) -> Command {
+    pub fn command(&self, program: &str) -> Command {
         let mut command = Command::new(program);
         command
             .env("GRAFOS_INSTANCE", &self.name)
@@ -153,6 +156,16 @@ impl Instance {
             stdin,
             lines,
         }
+    }
+
+    /// Waits until nothing of the instance is left (a `grafos run` that
+    /// started the instance takes it down as it exits).
+    pub fn assert_clean_eventually(&self) {
+        let deadline = Instant::now() + DEADLINE;
+        while self.runtime_dir().exists() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        self.assert_clean();
     }
 
     /// Asserts nothing of the instance is left in `/dev/shm` or the
