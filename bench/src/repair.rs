@@ -42,6 +42,7 @@ pub(crate) fn repair_table(kills: usize) {
         block_pool_size: 1 << 30,
         data_dir: paths.default_data_dir(),
         grace: Duration::from_secs(1),
+        claim_age_limit: Duration::from_secs(10),
     };
     let supervisor = Supervisor::start(paths.clone(), config).expect("supervisor");
     let listener = serve::bind(&paths.socket()).expect("control socket");

@@ -61,6 +61,11 @@ enum Command {
         /// (at most a day).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
         grace_secs: u64,
+        /// Seconds a queue claim may stay unfinished before its holder is
+        /// killed and the claim repaired (a stopped or wedged claimer must
+        /// not stop a queue).
+        #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
+        claim_age_limit: u64,
         /// Run in the background; exit 0 once it accepts requests.
         #[arg(long)]
         detach: bool,
@@ -195,6 +200,7 @@ fn main() -> ExitCode {
             block_pool_size,
             data_dir,
             grace_secs,
+            claim_age_limit,
             detach,
         } => {
             if detach {
@@ -203,6 +209,7 @@ fn main() -> ExitCode {
                     format!("--pool-size={pool_size}"),
                     format!("--block-pool-size={block_pool_size}"),
                     format!("--grace-secs={grace_secs}"),
+                    format!("--claim-age-limit={claim_age_limit}"),
                 ];
                 if let Some(dir) = &data_dir {
                     args.push(format!("--data-dir={}", dir.display()));
@@ -221,6 +228,7 @@ fn main() -> ExitCode {
                     block_pool_size,
                     data_dir: data_dir.unwrap_or_else(|| paths.default_data_dir()),
                     grace: Duration::from_secs(grace_secs),
+                    claim_age_limit: Duration::from_secs(claim_age_limit),
                 };
                 up::run_foreground(&paths, config, |_| {
                     tracing::info!(

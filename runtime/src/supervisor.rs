@@ -8,7 +8,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use grafos_worker::FabricError;
 
@@ -55,7 +55,13 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long an expired lease stays readable.
     pub grace: Duration,
+    /// A queue claim held longer than this gets its holder killed (and
+    /// repaired): a stopped or wedged claimer must not stop a queue.
+    pub claim_age_limit: Duration,
 }
+
+/// How often queues are scanned for stuck claims.
+const CLAIM_SCAN_PERIOD: Duration = Duration::from_millis(250);
 
 /// Who is on the other end of a control connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -144,6 +150,10 @@ pub struct Supervisor {
     participant_rows: BTreeSet<usize>,
     /// The workers `grafos run` started, if any.
     group: Option<Group>,
+    /// Claims seen in progress, by queue, slot and state word, with when
+    /// each was first seen.
+    claims_seen: BTreeMap<(String, u64, u64), Instant>,
+    next_claim_scan: Instant,
     shutdown_requested: bool,
 }
 
@@ -235,6 +245,8 @@ impl Supervisor {
             lease_rows: BTreeSet::new(),
             participant_rows: BTreeSet::new(),
             group: None,
+            claims_seen: BTreeMap::new(),
+            next_claim_scan: Instant::now(),
             shutdown_requested: false,
         }
     }
@@ -868,6 +880,10 @@ impl Supervisor {
         if let Some(group) = &mut self.group {
             group.tick();
         }
+        if Instant::now() >= self.next_claim_scan {
+            self.watch_claims();
+            self.next_claim_scan = Instant::now() + CLAIM_SCAN_PERIOD;
+        }
         let due: Vec<u64> = self
             .leases
             .iter()
@@ -977,6 +993,77 @@ impl Supervisor {
             }
         }
         self.collect(now_ms);
+    }
+
+    /// Looks at every claim in progress in the instance's queues: a claim
+    /// whose holder is dead gets repaired; one held past the claim-age
+    /// limit by a live process (stopped, say) gets its holder killed, and
+    /// repaired on a later pass.
+    fn watch_claims(&mut self) {
+        let Ok(objects) = list_segments(self.paths.instance()) else {
+            return;
+        };
+        let now = Instant::now();
+        let mut seen = BTreeMap::new();
+        let mut repair = false;
+        for object in objects {
+            let Ok(name) = grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
+            else {
+                continue;
+            };
+            let expect = Expect {
+                kind: Some(SegmentKind::Queue),
+                ..Expect::default()
+            };
+            let Ok(claims) = Segment::open(&name, &expect).and_then(FabricQueue::claims_in) else {
+                continue;
+            };
+            for claim in claims {
+                let key = (object.clone(), claim.slot, claim.word);
+                let first = self.claims_seen.get(&key).copied().unwrap_or(now);
+                seen.insert(key, first);
+                let holder = ProcessId::unpack(claim.holder);
+                if claim.holder == 0 {
+                    continue;
+                }
+                if !holder.is_alive() {
+                    repair = true;
+                } else if now.duration_since(first) >= self.config.claim_age_limit {
+                    self.kill_stuck(holder, &object, now.duration_since(first));
+                }
+            }
+        }
+        self.claims_seen = seen;
+        if repair {
+            self.repair_queues();
+        }
+    }
+
+    /// Kills a process that has held a claim too long (by pidfd, after
+    /// checking that the pid still names the same process).
+    fn kill_stuck(&self, holder: ProcessId, queue: &str, held: Duration) {
+        let Some(pid) = rustix::process::Pid::from_raw(holder.pid as i32) else {
+            return;
+        };
+        let Ok(pidfd) = rustix::process::pidfd_open(pid, rustix::process::PidfdFlags::empty())
+        else {
+            return;
+        };
+        if ProcessId::of(holder.pid) != Some(holder) {
+            return;
+        }
+        match rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL) {
+            Ok(()) => {
+                self.counters().add(Counter::StuckClaimersKilled, 1);
+                tracing::warn!(
+                    pid = holder.pid,
+                    queue,
+                    held_ms = held.as_millis() as u64,
+                    "killed a process holding a queue claim past the claim-age limit"
+                );
+            }
+            Err(e) => tracing::warn!(pid = holder.pid, "could not kill a stuck claimer: {e}"),
+        }
     }
 
     /// Repairs every dead participant of every queue of the instance.

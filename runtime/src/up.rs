@@ -218,6 +218,7 @@ pub fn down(paths: &InstancePaths) -> Result<Down, String> {
         block_pool_size: u64::MAX / 2,
         data_dir,
         grace: Duration::ZERO,
+        claim_age_limit: Duration::from_secs(10),
     };
     Supervisor::start(paths.clone(), config)
         .map_err(|e| e.to_string())?

@@ -135,6 +135,7 @@ fn generated_messages_never_crash_wedge_or_unbalance_the_supervisor() {
         block_pool_size: POOL,
         data_dir: paths.default_data_dir(),
         grace: Duration::from_secs(1),
+        claim_age_limit: Duration::from_secs(10),
     };
     let supervisor = RefCell::new(Supervisor::start(paths.clone(), config).unwrap());
     // The runner takes a `Fn`: state it changes lives in cells.

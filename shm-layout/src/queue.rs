@@ -489,6 +489,20 @@ impl QueuePositions {
     }
 }
 
+/// A claim in progress, as [`Queue::claims`] found it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ClaimSeen {
+    /// The slot.
+    pub slot: u64,
+    /// The slot's state word: the same claim keeps the same word.
+    pub word: u64,
+    /// A read (taken, being copied out) rather than a write.
+    pub reading: bool,
+    /// The process identity holding the claimant's participant entry (0
+    /// if the entry was not found).
+    pub holder: u64,
+}
+
 /// A registered participant: its table entry and incarnation.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Participant {
@@ -687,6 +701,45 @@ impl<'a, M: RingBytes> Queue<'a, M> {
             head,
             sealed: tail & CLOSED != 0,
         }
+    }
+
+    /// The slots being written or read right now, with the process that
+    /// holds each claimant's participant entry (for a supervisor watching
+    /// for stuck claimers). A snapshot: a claim may end while it is taken.
+    ///
+    /// # Errors
+    /// `Corrupt` for a slot state no writer produces.
+    pub fn claims(&self) -> Result<Vec<ClaimSeen>, QueueError> {
+        let holders: Vec<(u64, u64)> = self
+            .ctrl
+            .participants
+            .0
+            .iter()
+            .map(|e| {
+                (
+                    e.incarnation.load(Ordering::Acquire),
+                    e.holder.load(Ordering::Acquire),
+                )
+            })
+            .collect();
+        let mut claims = Vec::new();
+        for slot in 0..self.geo.capacity {
+            let word = self.slot(slot).0.load(Ordering::Acquire);
+            let state = State::decode(word)?;
+            if matches!(state.tag, Tag::Writing | Tag::Reading) {
+                let owner = u64::from(state.owner);
+                claims.push(ClaimSeen {
+                    slot,
+                    word,
+                    reading: state.tag == Tag::Reading,
+                    holder: holders
+                        .iter()
+                        .find(|&&(inc, _)| inc == owner)
+                        .map_or(0, |&(_, holder)| holder),
+                });
+            }
+        }
+        Ok(claims)
     }
 
     /// Participant entries in use.

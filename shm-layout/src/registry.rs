@@ -314,11 +314,13 @@ pub enum Counter {
     ReadsRepaired = 12,
     /// Control messages refused as malformed.
     BadMessages = 13,
+    /// Claim holders killed for holding a claim past the claim-age limit.
+    StuckClaimersKilled = 14,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 14] = [
+    pub const ALL: [Counter; 15] = [
         Counter::LeasesAcquired,
         Counter::LeasesRenewed,
         Counter::LeasesReleased,
@@ -333,6 +335,7 @@ impl Counter {
         Counter::ClaimsRepaired,
         Counter::ReadsRepaired,
         Counter::BadMessages,
+        Counter::StuckClaimersKilled,
     ];
 
     /// The name `grafos status` shows.
@@ -352,6 +355,7 @@ impl Counter {
             Counter::ClaimsRepaired => "claims_repaired",
             Counter::ReadsRepaired => "reads_repaired",
             Counter::BadMessages => "bad_messages",
+            Counter::StuckClaimersKilled => "stuck_claimers_killed",
         }
     }
 }

@@ -269,6 +269,18 @@ impl Peer {
         self.child.id()
     }
 
+    /// Waits for the peer to end (it must, within the deadline).
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        let deadline = Instant::now() + DEADLINE;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("peer can be waited for") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "peer did not end");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     /// SIGKILLs the peer (by its pid) and reaps it.
     pub fn kill(mut self) {
         let _ = self.child.kill();

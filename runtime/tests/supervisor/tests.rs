@@ -1,5 +1,6 @@
 //! The tests, in the order they run.
 
+use std::os::unix::process::ExitStatusExt;
 use std::time::{Duration, Instant};
 
 use grafos_worker::collections::queue::{FabricQueue, QueueConfig};
@@ -33,6 +34,10 @@ pub const ALL: &[(&str, Test)] = &[
     (
         "killed_participant_is_repaired",
         killed_participant_is_repaired,
+    ),
+    (
+        "stopped_claimer_is_killed_and_repaired",
+        stopped_claimer_is_killed_and_repaired,
     ),
     (
         "bad_requests_through_the_socket",
@@ -537,6 +542,38 @@ fn up_adopts() {
     b.ok("release");
     instance.await_status("the adopted lease to end", |s| lease_row(s, id).is_none());
     drop((a, b, c));
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn stopped_claimer_is_killed_and_repaired() {
+    let instance = Instance::new("stuck");
+    instance.up(&["--claim-age-limit", "1"]);
+    let name = SegmentName::new(&instance.name, "jobs").unwrap();
+    let queue = FabricQueue::create(&name, &QueueConfig::new(4, 32)).unwrap();
+    let mut claimer = instance.peer();
+    claimer.ok("claim jobs");
+    let pid = claimer.pid() as i32;
+    // SAFETY: kill(2) on the peer this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGSTOP) }, 0);
+    // Alive but stopped, it would wedge the queue at its claim forever;
+    // past the claim-age limit the supervisor kills it and repairs.
+    let started = Instant::now();
+    instance.await_status("the stuck claimer to be killed and repaired", |s| {
+        s["counters"]["stuck_claimers_killed"] == 1 && s["counters"]["claims_repaired"] == 1
+    });
+    assert!(
+        started.elapsed() >= Duration::from_millis(500),
+        "killed before the limit"
+    );
+    let status = claimer.wait();
+    assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
+    // The queue moves past the dead claim.
+    for i in 0..8u8 {
+        queue.try_push(&[i]).unwrap();
+        assert_eq!(queue.try_pop().unwrap(), Some(vec![i]));
+    }
+    drop(queue);
     assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();
 }

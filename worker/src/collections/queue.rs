@@ -41,8 +41,8 @@ use std::time::{Duration, Instant};
 use bytemuck::Pod;
 use grafos_shm_layout::header::{Expect, SegmentKind, TypeDescriptor};
 use grafos_shm_layout::queue::{
-    Blocker, CONTROL_SIZE, Claim, Geometry, Incarnation, Participant, Queue, QueueControl,
-    QueueCounters, QueueError, QueueParams, QueuePositions, RepairReport, Taken,
+    Blocker, CONTROL_SIZE, Claim, ClaimSeen, Geometry, Incarnation, Participant, Queue,
+    QueueControl, QueueCounters, QueueError, QueueParams, QueuePositions, RepairReport, Taken,
 };
 
 use crate::error::{FabricError, Result};
@@ -274,6 +274,17 @@ impl FabricQueue {
     pub fn repair_dead_in(segment: Segment) -> Result<RepairReport> {
         let inner = Inner::bind(segment)?;
         Ok(inner.queue().repair_dead(me(), is_dead, &LinuxFutex)?)
+    }
+
+    /// The slots of a queue segment being written or read now, with their
+    /// holders, without registering (for a supervisor's stuck-claimer
+    /// watch).
+    ///
+    /// # Errors
+    /// `Layout` if it is not a consistent queue; `Queue(Corrupt)`.
+    pub fn claims_in(segment: Segment) -> Result<Vec<ClaimSeen>> {
+        let inner = Inner::bind(segment)?;
+        Ok(inner.queue().claims()?)
     }
 
     /// Binds an opened (validated) segment as a queue and registers with it.
