@@ -15,6 +15,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use grafos_worker::process::ProcessId;
 use serde::{Deserialize, Serialize};
 
 use crate::topology::{Restart, Strategy, Topology};
@@ -29,6 +30,9 @@ pub enum Exit {
     Signal(i32),
     /// It could not be started.
     SpawnFailed(String),
+    /// It ended while adopted from a supervisor that died: it was not our
+    /// child, so how it ended is unknown (and counts as abnormal).
+    Unknown,
 }
 
 impl Exit {
@@ -44,6 +48,7 @@ impl std::fmt::Display for Exit {
             Exit::Code(code) => write!(f, "exit code {code}"),
             Exit::Signal(signal) => write!(f, "signal {signal} ({})", signal_name(*signal)),
             Exit::SpawnFailed(e) => write!(f, "could not start: {e}"),
+            Exit::Unknown => write!(f, "ended, how unknown (adopted from a dead supervisor)"),
         }
     }
 }
@@ -89,6 +94,10 @@ pub struct WorkerStatus {
     pub id: String,
     /// Its pid while it runs.
     pub pid: Option<u32>,
+    /// Its start time (clock ticks after boot) while it runs, so a
+    /// restarted supervisor can tell it from a recycled pid.
+    #[serde(default)]
+    pub start_time: Option<u64>,
     /// `running`, `stopping`, `exited` (waiting for a restart), `done`
     /// (not to be restarted) or `stopped`.
     pub state: String,
@@ -99,7 +108,11 @@ pub struct WorkerStatus {
 }
 
 struct Running {
-    child: std::process::Child,
+    /// Our child, to reap; `None` for a worker adopted from a supervisor
+    /// that died (it is not our child, its exit status is not ours to
+    /// read).
+    child: Option<std::process::Child>,
+    process: ProcessId,
     pidfd: OwnedFd,
     /// When SIGTERM was sent, if it was.
     term_sent: Option<Instant>,
@@ -174,6 +187,69 @@ impl Group {
         group
     }
 
+    /// Takes over the group a supervisor that died left running: workers
+    /// still alive (same pid and start time) are watched through pidfds
+    /// again; the others count as ended and, with `restart`, are
+    /// restarted by the rules.
+    pub fn adopt(
+        topology: Topology,
+        instance: &str,
+        status_file: PathBuf,
+        before: &GroupStatus,
+        restart: bool,
+    ) -> Group {
+        let mut group = Group {
+            workers: Vec::new(),
+            instance: instance.to_owned(),
+            phase: Phase::Running,
+            restarts: VecDeque::new(),
+            status_file,
+            topology,
+        };
+        let mut ended = Vec::new();
+        for (i, (id, spec)) in group.topology.instances().into_iter().enumerate() {
+            let old = before.workers.iter().find(|w| w.id == id);
+            let running = old.and_then(adopt_process);
+            if running.is_none() && old.is_some_and(|w| w.pid.is_some()) {
+                ended.push(i);
+            }
+            let done = old.is_some_and(|w| w.state == "done");
+            group.workers.push(Worker {
+                restart: group.topology.workers[spec].restart,
+                running,
+                started: old.map_or(0, |w| w.restarts + 1),
+                last_exit: None,
+                done,
+                spec,
+                id,
+            });
+        }
+        for i in 0..group.workers.len() {
+            let w = &group.workers[i];
+            tracing::info!(
+                worker = %w.id,
+                adopted = w.running.is_some(),
+                "taking over a worker of the previous supervisor"
+            );
+        }
+        for i in ended {
+            group.workers[i].last_exit = Some(Exit::Unknown);
+            if restart {
+                group.failed(i, &Exit::Unknown);
+            }
+        }
+        if restart {
+            for i in 0..group.workers.len() {
+                let w = &group.workers[i];
+                if w.running.is_none() && !w.done && matches!(group.phase, Phase::Running) {
+                    group.spawn(i);
+                }
+            }
+        }
+        group.advance();
+        group
+    }
+
     /// Whether the group has stopped (every worker gone for good).
     pub fn is_stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopped { .. })
@@ -202,7 +278,7 @@ impl Group {
             .running
             .as_ref()
             .ok_or_else(|| format!("worker {id:?} is not running"))?;
-        let pid = running.child.id();
+        let pid = running.process.pid;
         signal_group(pid, signal);
         tracing::info!(worker = id, pid, signal, "signal sent by request");
         Ok(pid)
@@ -228,18 +304,18 @@ impl Group {
         let Some(running) = self.workers[index].running.as_mut() else {
             return;
         };
-        let status = match running.child.try_wait() {
-            Ok(Some(status)) => status,
-            Ok(None) => return,
-            Err(e) => {
+        let exit = match running.child.as_mut().map(std::process::Child::try_wait) {
+            Some(Ok(Some(status))) => match (status.code(), status.signal()) {
+                (Some(code), _) => Exit::Code(code),
+                (None, Some(signal)) => Exit::Signal(signal),
+                (None, None) => Exit::Code(-1),
+            },
+            Some(Ok(None)) => return,
+            Some(Err(e)) => {
                 tracing::warn!(worker = %self.workers[index].id, "wait: {e}");
                 return;
             }
-        };
-        let exit = match (status.code(), status.signal()) {
-            (Some(code), _) => Exit::Code(code),
-            (None, Some(signal)) => Exit::Signal(signal),
-            (None, None) => Exit::Code(-1),
+            None => Exit::Unknown,
         };
         let was_stopping = running.term_sent.is_some();
         let worker = &mut self.workers[index];
@@ -345,11 +421,11 @@ impl Group {
                 };
                 match running.term_sent {
                     None => {
-                        signal_group(running.child.id(), libc::SIGTERM);
+                        signal_group(running.process.pid, libc::SIGTERM);
                         running.term_sent = Some(Instant::now());
                     }
                     Some(sent) if sent.elapsed() >= grace => {
-                        signal_group(running.child.id(), libc::SIGKILL);
+                        signal_group(running.process.pid, libc::SIGKILL);
                     }
                     Some(_) => {}
                 }
@@ -416,9 +492,14 @@ impl Group {
         worker.started += 1;
         match spawned {
             Ok((child, pidfd)) => {
-                tracing::info!(worker = %worker.id, pid = child.id(), "worker started");
+                let pid = child.id();
+                tracing::info!(worker = %worker.id, pid, "worker started");
+                // Read while the child cannot have been reaped (only we
+                // reap it), so the pid is still its own.
+                let process = ProcessId::of(pid).unwrap_or(ProcessId { pid, start_time: 0 });
                 worker.running = Some(Running {
-                    child,
+                    child: Some(child),
+                    process,
                     pidfd,
                     term_sent: None,
                 });
@@ -451,7 +532,8 @@ impl Group {
                 .iter()
                 .map(|w| WorkerStatus {
                     id: w.id.clone(),
-                    pid: w.running.as_ref().map(|r| r.child.id()),
+                    pid: w.running.as_ref().map(|r| r.process.pid),
+                    start_time: w.running.as_ref().map(|r| r.process.start_time),
                     state: match (&w.running, w.done) {
                         (Some(r), _) if r.term_sent.is_some() => "stopping",
                         (Some(_), _) => "running",
@@ -485,6 +567,21 @@ impl Group {
             tracing::warn!("writing {}: {e}", self.status_file.display());
         }
     }
+}
+
+/// A worker of a dead supervisor, if it still runs: pidfd opened, then
+/// the start time checked, so a recycled pid is never taken for it.
+fn adopt_process(old: &WorkerStatus) -> Option<Running> {
+    let (pid, start_time) = (old.pid?, old.start_time?);
+    let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
+    let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
+    let process = ProcessId::of(pid)?;
+    (process.start_time == start_time).then_some(Running {
+        child: None,
+        process,
+        pidfd,
+        term_sent: None,
+    })
 }
 
 /// Signals a worker's process group (the worker and whatever it started).

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use grafos_worker::FabricError;
 
-use crate::group::Group;
+use crate::group::{Group, read_status};
 use crate::topology::Topology;
 use grafos_worker::collections::queue::FabricQueue;
 use grafos_worker::control::{
@@ -62,6 +62,15 @@ pub struct Config {
 
 /// How often queues are scanned for stuck claims.
 const CLAIM_SCAN_PERIOD: Duration = Duration::from_millis(250);
+
+/// What a new supervisor does with the workers a dead one left running.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Takeover {
+    /// Supervise them (restart the dead by their rules).
+    Supervise,
+    /// Watch them only, to stop them.
+    StopOnly,
+}
 
 /// Who is on the other end of a control connection.
 #[derive(Clone, Copy, Debug, Default)]
@@ -168,13 +177,31 @@ impl std::fmt::Debug for Supervisor {
 }
 
 impl Supervisor {
-    /// Sets up the instance's segments and data dir, adopting the leases of
-    /// a dead predecessor if its registry is still there. The caller holds
-    /// the instance's supervisor lock.
+    /// Sets up the instance's segments and data dir, adopting the leases
+    /// and workers of a dead predecessor if it left them (its dead workers
+    /// are restarted by their rules). The caller holds the instance's
+    /// supervisor lock.
     ///
     /// # Errors
     /// If a segment or the data dir cannot be made.
     pub fn start(paths: InstancePaths, config: Config) -> Result<Supervisor, FabricError> {
+        Supervisor::boot(paths, config, Takeover::Supervise)
+    }
+
+    /// As [`Supervisor::start`], for taking an instance down: a dead
+    /// predecessor's workers are adopted to be stopped, none restarted.
+    ///
+    /// # Errors
+    /// As [`Supervisor::start`].
+    pub fn start_to_stop(paths: InstancePaths, config: Config) -> Result<Supervisor, FabricError> {
+        Supervisor::boot(paths, config, Takeover::StopOnly)
+    }
+
+    fn boot(
+        paths: InstancePaths,
+        config: Config,
+        takeover: Takeover,
+    ) -> Result<Supervisor, FabricError> {
         std::fs::create_dir_all(&config.data_dir).map_err(|source| FabricError::Io {
             op: "mkdir",
             target: config.data_dir.display().to_string(),
@@ -204,8 +231,48 @@ impl Supervisor {
             .grace_ms
             .store(supervisor.config.grace.as_millis() as u64, Relaxed);
         supervisor.publish_budget();
+        supervisor.adopt_group(takeover);
         supervisor.tick(unix_time_ms());
         Ok(supervisor)
+    }
+
+    /// Where the running topology is kept (text and directory), so a
+    /// restarted supervisor can take its workers over.
+    fn topology_file(&self) -> PathBuf {
+        self.paths.runtime_dir().join("topology.json")
+    }
+
+    fn workers_file(&self) -> PathBuf {
+        self.paths.runtime_dir().join("workers.json")
+    }
+
+    /// Takes over the workers a dead supervisor was running, if any.
+    fn adopt_group(&mut self, takeover: Takeover) {
+        let Some(before) = read_status(&self.workers_file()) else {
+            return;
+        };
+        if before.state == "stopped" {
+            return;
+        }
+        let saved: Option<(String, String)> = std::fs::read(self.topology_file())
+            .ok()
+            .and_then(|raw| serde_json::from_slice(&raw).ok());
+        let Some((text, dir)) = saved else {
+            tracing::warn!("workers.json without its topology: its workers are not taken over");
+            return;
+        };
+        match Topology::parse(&text, Path::new(&dir)) {
+            Ok(topology) => {
+                self.group = Some(Group::adopt(
+                    topology,
+                    self.paths.instance(),
+                    self.workers_file(),
+                    &before,
+                    takeover == Takeover::Supervise,
+                ));
+            }
+            Err(e) => tracing::warn!("the saved topology no longer parses ({e}); not taken over"),
+        }
     }
 
     fn fresh(paths: InstancePaths, config: Config) -> Result<Supervisor, FabricError> {
@@ -550,11 +617,14 @@ impl Supervisor {
             ));
         }
         let topology = Topology::parse(text, Path::new(dir)).map_err(ControlError::Invalid)?;
+        let saved = serde_json::to_vec(&(text, dir)).expect("strings serialise");
+        std::fs::write(self.topology_file(), saved)
+            .map_err(|e| ControlError::Failed(format!("saving the topology: {e}")))?;
         tracing::info!(workers = topology.instances().len(), "starting a topology");
         self.group = Some(Group::start(
             topology,
             self.paths.instance(),
-            self.paths.runtime_dir().join("workers.json"),
+            self.workers_file(),
         ));
         Ok(Reply::Done)
     }
@@ -562,6 +632,42 @@ impl Supervisor {
     /// The running group, if any (the event loop watches its pidfds).
     pub fn group(&mut self) -> Option<&mut Group> {
         self.group.as_mut()
+    }
+
+    /// Stops the workers (reverse order, SIGTERM, then SIGKILL after the
+    /// grace period) and waits until they are gone, without serving (for
+    /// `grafos down` with no supervisor running).
+    pub fn stop_workers(&mut self) {
+        let Some(group) = &mut self.group else {
+            return;
+        };
+        group.stop("the instance is going down");
+        while !group.is_stopped() {
+            let exited: Vec<usize> = {
+                let pidfds = group.pidfds();
+                let mut fds: Vec<rustix::event::PollFd<'_>> = pidfds
+                    .iter()
+                    .map(|(_, fd)| {
+                        rustix::event::PollFd::from_borrowed_fd(*fd, rustix::event::PollFlags::IN)
+                    })
+                    .collect();
+                let wait = rustix::time::Timespec {
+                    tv_sec: 0,
+                    tv_nsec: 50_000_000,
+                };
+                let _ = rustix::event::poll(&mut fds, Some(&wait));
+                pidfds
+                    .iter()
+                    .zip(&fds)
+                    .filter(|(_, fd)| !fd.revents().is_empty())
+                    .map(|((i, _), _)| *i)
+                    .collect()
+            };
+            for i in exited {
+                group.child_exited(i);
+            }
+            group.tick();
+        }
     }
 
     /// Whether the supervisor may exit: shutdown was asked for and no

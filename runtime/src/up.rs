@@ -18,6 +18,8 @@ use crate::supervisor::{Config, Supervisor};
 
 /// How long `up --detach` and `down` wait for the supervisor.
 const STARTUP_WAIT: Duration = Duration::from_secs(15);
+/// How long `down` waits for a supervisor to stop its workers and exit.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(600);
 /// How often they look.
 const POLL: Duration = Duration::from_millis(5);
 
@@ -190,12 +192,22 @@ pub fn down(paths: &InstancePaths) -> Result<Down, String> {
         connection
             .call(&Request::Shutdown)
             .map_err(|e| e.to_string())?;
-        let deadline = Instant::now() + STARTUP_WAIT;
+        // Workers stop one at a time, each with its grace period: this
+        // can take a while, so say so.
+        let started = Instant::now();
+        let mut next_note = started + Duration::from_secs(5);
         while paths.runtime_dir().exists() {
-            if Instant::now() >= deadline {
+            if started.elapsed() >= SHUTDOWN_WAIT {
                 return Err(format!(
-                    "supervisor pid {pid} did not finish shutting down within {STARTUP_WAIT:?}"
+                    "supervisor pid {pid} did not finish shutting down within {SHUTDOWN_WAIT:?}"
                 ));
+            }
+            if Instant::now() >= next_note {
+                eprintln!(
+                    "grafos: still stopping workers ({} s)",
+                    started.elapsed().as_secs()
+                );
+                next_note += Duration::from_secs(5);
             }
             std::thread::sleep(POLL);
         }
@@ -220,9 +232,10 @@ pub fn down(paths: &InstancePaths) -> Result<Down, String> {
         grace: Duration::ZERO,
         claim_age_limit: Duration::from_secs(10),
     };
-    Supervisor::start(paths.clone(), config)
-        .map_err(|e| e.to_string())?
-        .shut_down();
+    let mut supervisor =
+        Supervisor::start_to_stop(paths.clone(), config).map_err(|e| e.to_string())?;
+    supervisor.stop_workers();
+    supervisor.shut_down();
     remove_runtime_dir(paths);
     drop(lock);
     Ok(Down::CleanedUp)

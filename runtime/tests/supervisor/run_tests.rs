@@ -27,6 +27,10 @@ pub const ALL: &[(&str, Test)] = &[
         "run_intensity_exhaustion_stops_the_group",
         intensity_exhaustion,
     ),
+    (
+        "supervisor_crash_leaves_workers_running_and_is_taken_over",
+        supervisor_crash,
+    ),
 ];
 
 /// A `grafos run` in the background.
@@ -45,10 +49,17 @@ impl Run {
         let exe = std::env::current_exe().unwrap();
         let mut toml = format!("[supervision]\n{supervision}\n");
         for (name, restart, role) in workers {
-            let args = match *role {
-                "serve" => format!("[\"serve\", {:?}]", events.display().to_string()),
-                other => format!("[{}]", other),
+            // `serve` is short for `"serve", EVENTS`; EVENTS stands for the
+            // events file's path.
+            let role = if *role == "serve" {
+                "\"serve\", EVENTS"
+            } else {
+                role
             };
+            let args = format!(
+                "[{}]",
+                role.replace("EVENTS", &format!("{:?}", events.display().to_string()))
+            );
             toml += &format!(
                 "\n[[worker]]\nname = \"{name}\"\ncommand = {:?}\nargs = {args}\nrestart = \"{restart}\"\nenv = {{ GRAFOS_TEST_PEER = \"worker\" }}\n",
                 exe.display().to_string()
@@ -341,4 +352,141 @@ fn intensity_exhaustion() {
         "{output}"
     );
     instance.assert_clean();
+}
+
+/// The numbers after `prefix` in the events, e.g. every `got c COUNT`.
+fn numbers(events: &[String], prefix: &str) -> Vec<u64> {
+    events
+        .iter()
+        .filter_map(|l| l.strip_prefix(prefix))
+        .filter_map(|n| n.trim().parse().ok())
+        .collect()
+}
+
+fn await_events(run: &Run, what: &str, condition: impl Fn(&[String]) -> bool) -> Vec<String> {
+    let deadline = Instant::now() + DEADLINE;
+    loop {
+        let events = run.events();
+        if condition(&events) {
+            return events;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}: {events:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+fn supervisor_crash() {
+    let instance = Instance::new("crash");
+    instance.up(&[]);
+    let name = grafos_worker::segment::SegmentName::new(&instance.name, "stream").unwrap();
+    let queue = grafos_worker::collections::queue::FabricQueue::create(
+        &name,
+        &grafos_worker::collections::queue::QueueConfig::new(64, 16),
+    )
+    .unwrap();
+    let run = Run::start(
+        &instance,
+        &format!("strategy = \"one_for_one\"\n{FAST}"),
+        &[
+            ("p", "permanent", "\"produce\", EVENTS, \"stream\", \"0\""),
+            ("h", "permanent", "\"produce\", EVENTS, \"stream\", \"300\""),
+            ("c", "permanent", "\"consume\", EVENTS, \"stream\""),
+        ],
+    );
+    let before = await_workers(&instance, "three running workers", all_running(3));
+    let events = await_events(&run, "the stream to flow and both leases", |e| {
+        numbers(e, "got c ").len() >= 3 && numbers(e, "lease h ").len() == 1
+    });
+    let h_lease = numbers(&events, "lease h ")[0];
+    let status = instance.status();
+    let supervisor = status["supervisor"]["pid"].as_u64().unwrap() as i32;
+    let ttl_at_crash = lease_ttl(&status, h_lease);
+    // The supervisor dies; the workers run on what they have mapped.
+    // SAFETY: kill(2) on the supervisor this test started, by its pid.
+    assert_eq!(unsafe { libc::kill(supervisor, libc::SIGKILL) }, 0);
+    instance.await_gone(supervisor);
+    let crashed = Instant::now();
+    // During the outage, kill the holding producer in the middle of a
+    // claim: it logs `holding` and then holds the claim for 300 ms.
+    let holdings = numbers(&run.events(), "holding h ").len();
+    await_events(&run, "h to hold a claim", |e| {
+        numbers(e, "holding h ").len() > holdings
+    });
+    let h = pid_of(&before, "h") as i32;
+    // SAFETY: kill(2) on a worker of the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(h, libc::SIGKILL) }, 0);
+    // A worker repairs the dead claim (no supervisor exists) and the
+    // stream flows past it.
+    let got = *numbers(&run.events(), "got c ").last().unwrap();
+    await_events(&run, "the stream to flow past the dead claim", |e| {
+        numbers(e, "got c ").last().is_some_and(|&n| n >= got + 50)
+    });
+    assert!(
+        queue.counters().claims_repaired >= 1,
+        "{:?}",
+        queue.counters()
+    );
+    // A new supervisor takes over: leases with their deadlines, workers
+    // with their pids; the dead producer is restarted by its rule.
+    instance.up(&[]);
+    let outage = crashed.elapsed();
+    let status = instance.status();
+    assert_ne!(
+        status["supervisor"]["pid"].as_u64().unwrap() as i32,
+        supervisor
+    );
+    let ttl_now = lease_ttl(&status, h_lease);
+    assert!(
+        ttl_now + outage.as_millis() as u64 <= ttl_at_crash + 100,
+        "the dead producer's lease TTL was reset: {ttl_at_crash} ms at the crash, {ttl_now} ms {outage:?} later"
+    );
+    let after = await_workers(&instance, "h restarted, p and c adopted", |w| {
+        all_running(3)(w) && w[1].restarts == 1
+    });
+    assert_eq!(pid_of(&after, "p"), pid_of(&before, "p"));
+    assert_eq!(pid_of(&after, "c"), pid_of(&before, "c"));
+    assert_ne!(pid_of(&after, "h"), pid_of(&before, "h"));
+    assert!(after[1].last_exit.contains("how unknown"), "{after:?}");
+    // Workers renew (attaching again) and acquire again.
+    let renewed = instance.counter("leases_renewed");
+    instance.await_status("renewals, attaches and a new lease", |s| {
+        s["counters"]["leases_renewed"].as_u64() > Some(renewed)
+            && s["participants"].as_array().is_some_and(|p| p.len() >= 2)
+            && s["counters"]["leases_acquired"].as_u64() >= Some(1)
+    });
+    let got = *numbers(&run.events(), "got c ").last().unwrap();
+    await_events(&run, "the stream to keep flowing", |e| {
+        numbers(e, "got c ").last().is_some_and(|&n| n >= got + 50)
+    });
+    // `grafos down` stops the adopted workers (they drain) and leaves
+    // nothing behind.
+    drop(queue);
+    let down = instance.grafos(&["down"]);
+    assert!(down.status.success(), "{}", text(&down));
+    let drained = drained(&run.events());
+    for id in ["p", "h", "c"] {
+        assert!(
+            drained.iter().any(|d| d == id),
+            "{id} did not drain: {drained:?}"
+        );
+    }
+    for id in ["p", "c"] {
+        let pid = pid_of(&after, id) as i32;
+        instance.await_gone(pid);
+    }
+    instance.assert_clean();
+}
+
+fn lease_ttl(status: &serde_json::Value, lease: u64) -> u64 {
+    status["leases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["id"] == lease)
+        .unwrap_or_else(|| panic!("no lease {lease}: {status:#}"))["ttl_left_ms"]
+        .as_u64()
+        .unwrap()
 }
