@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The grafos commands as a new user types them, against a worker holding a
 # lease: `grafos up --detach`, `grafos status --json`, `grafos lease
-# poison ID`, `grafos down`; then nothing of the instance may be left in
-# /dev/shm or on disk. Fails when any step or count is not what it should
+# poison ID`, `grafos down`, then `grafos run` on the example topology with
+# a `grafos kill`; nothing of the instance may be left in /dev/shm or on
+# disk. Fails when any step or count is not what it should
 # be. Reports how long each wait took.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -40,7 +41,7 @@ await() {
     echo "  $what: $((SECONDS - start)) s"
 }
 
-status_has() { grep -Eq "$1" <<<"$("$bin/grafos" status --json)"; }
+status_has() { grep -Eq "$1" <<<"$("$bin/grafos" status --json 2>/dev/null)"; }
 
 echo "grafos up --detach"
 "$bin/grafos" up --detach
@@ -64,6 +65,26 @@ status_has '"leases_poisoned": 1' || fail "poison not counted"
 
 echo "grafos down"
 "$bin/grafos" down
+[[ ! -e "$GRAFOS_RUNTIME_DIR/$GRAFOS_INSTANCE" ]] || fail "runtime dir left"
+
+# `grafos run` on the example topology: it starts the instance, the two
+# workers hold leases and exit 0 after 4 s; one is killed on the way and
+# restarted; the run ends well and takes the instance down.
+echo "grafos run examples/topology.toml"
+"$bin/grafos" run examples/topology.toml >"$out" 2>&1 &
+drill=$!
+workers_running() {
+    [[ $(grep -cE '^drill\.[01] +running' <<<"$("$bin/grafos" status 2>/dev/null)") -eq 2 ]]
+}
+await "both workers running" workers_running
+echo "grafos kill drill.0"
+"$bin/grafos" kill drill.0
+await "drill.0 restarted" status_has '"restarts": 1'
+wait "$drill" || fail "grafos run failed"
+drill=""
+grep -q "group stopped: every worker finished" "$out" || fail "the group did not finish"
+grep -q "drill.0 .*restarts 1" "$out" || fail "no restart shown"
+
 [[ ! -e "$GRAFOS_RUNTIME_DIR/$GRAFOS_INSTANCE" ]] || fail "runtime dir left"
 if compgen -G "/dev/shm/grafos.$GRAFOS_INSTANCE.*" >/dev/null; then
     fail "segments left: $(ls /dev/shm | grep "grafos.$GRAFOS_INSTANCE.")"
