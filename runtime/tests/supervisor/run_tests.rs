@@ -247,6 +247,16 @@ fn one_for_one() {
         .map(str::to_owned)
         .collect();
     assert_eq!(drained(&events), ["c", "b", "a"], "{events:?}");
+    for id in ["a", "b", "c"] {
+        let last = output
+            .lines()
+            .rfind(|l| l.starts_with(&format!("{id} ")))
+            .unwrap_or_default();
+        assert!(
+            last.contains("stopped") && last.contains("last exit code 0"),
+            "{id} did not drain to exit 0: {last:?}"
+        );
+    }
     // `grafos run` started the instance, so it took it down.
     instance.assert_clean();
 }
