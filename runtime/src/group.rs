@@ -9,7 +9,7 @@
 //! and `grafos run` to follow.
 
 use std::collections::{BTreeSet, VecDeque};
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
@@ -181,9 +181,14 @@ impl Group {
             status_file,
         };
         for i in 0..group.workers.len() {
-            group.spawn(i);
+            if let Err(exit) = group.spawn(i) {
+                // As OTP's supervisors do: a group that cannot start stops.
+                let reason = format!("{} {exit}", group.workers[i].id);
+                group.phase = Phase::ShuttingDown { reason };
+                break;
+            }
         }
-        group.publish();
+        group.advance();
         group
     }
 
@@ -232,27 +237,43 @@ impl Group {
                 "taking over a worker of the previous supervisor"
             );
         }
-        for i in ended {
+        for &i in &ended {
             group.workers[i].last_exit = Some(Exit::Unknown);
-            if restart {
-                group.failed(i, &Exit::Unknown);
+        }
+        if before.state == "stopping" {
+            // It was stopping when its supervisor died: finish that.
+            group.phase = Phase::ShuttingDown {
+                reason: before
+                    .reason
+                    .clone()
+                    .unwrap_or_else(|| "stopping when the previous supervisor died".into()),
+            };
+        } else if restart {
+            // Everything not running and not done restarts, as one restart
+            // of the group (a takeover is one event, however many died).
+            let down: Vec<usize> = (0..group.workers.len())
+                .filter(|&i| group.workers[i].running.is_none() && !group.workers[i].done)
+                .collect();
+            if !down.is_empty() && group.count_restart("workers found dead at a takeover") {
+                group.plan_restart(&down);
             }
         }
-        if restart {
-            for i in 0..group.workers.len() {
-                let w = &group.workers[i];
-                if w.running.is_none() && !w.done && matches!(group.phase, Phase::Running) {
-                    group.spawn(i);
-                }
-            }
-        }
-        group.advance();
+        // No advance yet: the event loop's first tick starts what must
+        // start, once the control socket is there for the workers.
+        group.publish();
         group
     }
 
     /// Whether the group has stopped (every worker gone for good).
     pub fn is_stopped(&self) -> bool {
         matches!(self.phase, Phase::Stopped { .. })
+    }
+
+    /// Whether `process` is one of the running workers.
+    pub fn runs(&self, process: ProcessId) -> bool {
+        self.workers
+            .iter()
+            .any(|w| w.running.as_ref().is_some_and(|r| r.process == process))
     }
 
     /// The pidfds of running workers, by worker index.
@@ -279,7 +300,10 @@ impl Group {
             .as_ref()
             .ok_or_else(|| format!("worker {id:?} is not running"))?;
         let pid = running.process.pid;
-        signal_group(pid, signal);
+        if !(1..=64).contains(&signal) {
+            return Err(format!("signal {signal} is not 1 to 64"));
+        }
+        signal_worker(running, signal);
         tracing::info!(worker = id, pid, signal, "signal sent by request");
         Ok(pid)
     }
@@ -304,6 +328,12 @@ impl Group {
         let Some(running) = self.workers[index].running.as_mut() else {
             return;
         };
+        if running.child.is_some() {
+            // Whatever the worker left in its process group goes with it;
+            // its unreaped zombie still holds the group id, so this cannot
+            // hit another group.
+            signal_group(running.process.pid, libc::SIGKILL);
+        }
         let exit = match running.child.as_mut().map(std::process::Child::try_wait) {
             Some(Ok(Some(status))) => match (status.code(), status.signal()) {
                 (Some(code), _) => Exit::Code(code),
@@ -352,6 +382,15 @@ impl Group {
             worker.done = true;
             return;
         }
+        let id = worker.id.clone();
+        if self.count_restart(&format!("{id} ended with {exit}")) {
+            self.plan_restart(&[index]);
+        }
+    }
+
+    /// Counts one restart against the intensity limit; past it, the group
+    /// starts shutting down with the reason, and this returns false.
+    fn count_restart(&mut self, last: &str) -> bool {
         let supervision = self.topology.supervision;
         let now = Instant::now();
         let window = Duration::from_secs(supervision.period_secs);
@@ -363,32 +402,47 @@ impl Group {
         {
             self.restarts.pop_front();
         }
-        if self.restarts.len() > supervision.max_restarts as usize {
-            let reason = format!(
-                "restart intensity exceeded: {} restarts within {} s (max_restarts = {}); last: {} ended with {exit}",
-                self.restarts.len(),
-                supervision.period_secs,
-                supervision.max_restarts,
-                self.workers[index].id,
-            );
-            tracing::error!("{reason}");
-            self.phase = Phase::ShuttingDown { reason };
-            return;
+        if self.restarts.len() <= supervision.max_restarts as usize {
+            return true;
         }
-        let all = 0..self.workers.len();
-        let (stop, start): (BTreeSet<usize>, BTreeSet<usize>) = match supervision.strategy {
-            Strategy::OneForOne => (BTreeSet::new(), BTreeSet::from([index])),
-            Strategy::OneForAll => (all.clone().filter(|&i| i != index).collect(), all.collect()),
-            Strategy::RestForOne => (
-                (index + 1..self.workers.len()).collect(),
-                (index..self.workers.len()).collect(),
-            ),
-        };
-        let start: BTreeSet<usize> = start
-            .into_iter()
-            .filter(|&i| self.workers[i].restart != Restart::Temporary || i == index)
-            .filter(|&i| !self.workers[i].done)
-            .collect();
+        let reason = format!(
+            "restart intensity exceeded: {} restarts within {} s (max_restarts = {}); last: {last}",
+            self.restarts.len(),
+            supervision.period_secs,
+            supervision.max_restarts,
+        );
+        tracing::error!("{reason}");
+        self.phase = Phase::ShuttingDown { reason };
+        false
+    }
+
+    /// Plans the restart of the `failed` workers by the strategy: which
+    /// others stop first, which start again. A temporary worker the
+    /// strategy stops is not started again: it is done.
+    fn plan_restart(&mut self, failed: &[usize]) {
+        let n = self.workers.len();
+        let (mut stop, mut start) = (BTreeSet::new(), BTreeSet::new());
+        for &index in failed {
+            start.insert(index);
+            match self.topology.supervision.strategy {
+                Strategy::OneForOne => {}
+                Strategy::OneForAll => {
+                    stop.extend((0..n).filter(|&i| i != index));
+                    start.extend(0..n);
+                }
+                Strategy::RestForOne => {
+                    stop.extend(index + 1..n);
+                    start.extend(index..n);
+                }
+            }
+        }
+        for &i in &stop {
+            if self.workers[i].restart == Restart::Temporary && !failed.contains(&i) {
+                self.workers[i].done = true;
+            }
+        }
+        start.retain(|&i| !self.workers[i].done);
+        stop.retain(|i| !failed.contains(i));
         match &mut self.phase {
             Phase::Restarting {
                 stop: stopping,
@@ -421,11 +475,11 @@ impl Group {
                 };
                 match running.term_sent {
                     None => {
-                        signal_group(running.process.pid, libc::SIGTERM);
+                        signal_worker(running, libc::SIGTERM);
                         running.term_sent = Some(Instant::now());
                     }
                     Some(sent) if sent.elapsed() >= grace => {
-                        signal_group(running.process.pid, libc::SIGKILL);
+                        signal_worker(running, libc::SIGKILL);
                     }
                     Some(_) => {}
                 }
@@ -434,7 +488,12 @@ impl Group {
             match std::mem::replace(&mut self.phase, Phase::Running) {
                 Phase::Restarting { start, .. } => {
                     for i in start {
-                        self.spawn(i);
+                        if matches!(self.phase, Phase::ShuttingDown { .. }) {
+                            break;
+                        }
+                        if let Err(exit) = self.spawn(i) {
+                            self.failed(i, &exit);
+                        }
                     }
                 }
                 Phase::ShuttingDown { reason } => {
@@ -454,10 +513,12 @@ impl Group {
         self.publish();
     }
 
-    fn spawn(&mut self, index: usize) {
+    /// Starts worker `index` (unless it runs); the error is the exit to
+    /// judge it by if it could not start.
+    fn spawn(&mut self, index: usize) -> Result<(), Exit> {
         let worker = &mut self.workers[index];
         if worker.running.is_some() {
-            return;
+            return Ok(());
         }
         let spec = &self.topology.workers[worker.spec];
         let mut command = Command::new(&spec.command);
@@ -490,7 +551,7 @@ impl Group {
             tracing::info!(worker = %worker.id, "restarting");
         }
         worker.started += 1;
-        match spawned {
+        let result = match spawned {
             Ok((child, pidfd)) => {
                 let pid = child.id();
                 tracing::info!(worker = %worker.id, pid, "worker started");
@@ -503,16 +564,19 @@ impl Group {
                     pidfd,
                     term_sent: None,
                 });
+                Ok(())
             }
             Err(e) => {
                 tracing::error!(worker = %worker.id, "could not start: {e}");
                 let exit = Exit::SpawnFailed(e);
                 worker.last_exit = Some(exit.clone());
-                if matches!(self.phase, Phase::Running | Phase::Restarting { .. }) {
-                    self.failed(index, &exit);
-                }
+                Err(exit)
             }
-        }
+        };
+        // Written after every start, so a supervisor that dies between two
+        // starts leaves a record of every worker it started.
+        self.publish();
+        result
     }
 
     /// The group's state as `workers.json` shows it.
@@ -573,6 +637,9 @@ impl Group {
 /// the start time checked, so a recycled pid is never taken for it.
 fn adopt_process(old: &WorkerStatus) -> Option<Running> {
     let (pid, start_time) = (old.pid?, old.start_time?);
+    if pid <= 1 || pid == std::process::id() {
+        return None;
+    }
     let raw = rustix::process::Pid::from_raw(i32::try_from(pid).ok()?)?;
     let pidfd = rustix::process::pidfd_open(raw, rustix::process::PidfdFlags::empty()).ok()?;
     let process = ProcessId::of(pid)?;
@@ -584,11 +651,39 @@ fn adopt_process(old: &WorkerStatus) -> Option<Running> {
     })
 }
 
-/// Signals a worker's process group (the worker and whatever it started).
+/// Signals a worker: through its pidfd (it cannot hit another process),
+/// and, for a worker we started and have not reaped, its whole process
+/// group (the group id cannot have been reused while the leader is ours
+/// and unreaped). An adopted worker is not ours to reap, so only it is
+/// signalled, not its group.
+fn signal_worker(running: &Running, signal: i32) {
+    // SAFETY: pidfd_send_signal(2) on a pidfd we hold, with no siginfo;
+    // no memory is passed.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            running.pidfd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        );
+    }
+    if running.child.is_some() {
+        signal_group(running.process.pid, signal);
+    }
+}
+
+/// Signals the process group a worker we started leads.
 fn signal_group(pid: u32, signal: i32) {
-    // SAFETY: kill(2) on the process group of a worker this supervisor
-    // started (it leads its own group); no memory is involved.
-    unsafe { libc::kill(-(pid as i32), signal) };
+    let Ok(pid) = i32::try_from(pid) else {
+        return;
+    };
+    if pid > 1 {
+        // SAFETY: kill(2) on the process group of a worker this supervisor
+        // started and has not reaped (so the group id is still its own);
+        // `pid > 1` rules out "every process" and init.
+        unsafe { libc::kill(-pid, signal) };
+    }
 }
 
 /// Reads `workers.json`, if a group ran.

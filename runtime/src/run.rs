@@ -71,10 +71,9 @@ fn connect(paths: &InstancePaths) -> Result<Connection, String> {
 
 fn follow(paths: &InstancePaths, text: String, dir: &Path) -> Result<bool, String> {
     let connection = connect(paths)?;
-    // The group may have run before: only states written after this run
-    // starts count.
+    // The supervisor writes the new group's state before it answers `Run`,
+    // so what is read after the answer is this run's.
     let status_file = paths.runtime_dir().join("workers.json");
-    let _ = std::fs::remove_file(&status_file);
     connection
         .call(&Request::Run {
             topology: text,
@@ -111,6 +110,11 @@ fn follow(paths: &InstancePaths, text: String, dir: &Path) -> Result<bool, Strin
             }
         }
         if connection.call(&Request::Ping).is_err() {
+            if !paths.runtime_dir().exists() {
+                // `grafos down`: the supervisor stopped the workers and left.
+                println!("the instance was taken down; its workers were stopped");
+                return Ok(true);
+            }
             return Err("the supervisor went away; its workers run on unsupervised".into());
         }
         std::thread::sleep(FOLLOW_PERIOD);

@@ -14,7 +14,7 @@ use grafos_worker::FabricError;
 
 use crate::group::{Group, read_status};
 use crate::topology::Topology;
-use grafos_worker::collections::queue::FabricQueue;
+use grafos_worker::collections::queue::{FabricQueue, QueueInspector};
 use grafos_worker::control::{
     BLOCK_SIZE, ControlError, LeaseGrant, LeaseKind, Reply, Request, decode, encode,
 };
@@ -61,7 +61,7 @@ pub struct Config {
 }
 
 /// How often queues are scanned for stuck claims.
-const CLAIM_SCAN_PERIOD: Duration = Duration::from_millis(250);
+const CLAIM_SCAN_PERIOD: Duration = Duration::from_millis(500);
 
 /// What a new supervisor does with the workers a dead one left running.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -163,6 +163,10 @@ pub struct Supervisor {
     /// each was first seen.
     claims_seen: BTreeMap<(String, u64, u64), Instant>,
     next_claim_scan: Instant,
+    /// Queues the claim watch keeps mapped, by object name.
+    watched_queues: BTreeMap<String, QueueInspector>,
+    /// Stuck claimers already killed (packed identities).
+    stuck_killed: BTreeSet<u64>,
     shutdown_requested: bool,
 }
 
@@ -231,8 +235,10 @@ impl Supervisor {
             .grace_ms
             .store(supervisor.config.grace.as_millis() as u64, Relaxed);
         supervisor.publish_budget();
-        supervisor.adopt_group(takeover);
         supervisor.tick(unix_time_ms());
+        // After the first tick: restarts the takeover plans wait for the
+        // event loop, once the control socket is there for the workers.
+        supervisor.adopt_group(takeover);
         Ok(supervisor)
     }
 
@@ -314,6 +320,8 @@ impl Supervisor {
             group: None,
             claims_seen: BTreeMap::new(),
             next_claim_scan: Instant::now(),
+            watched_queues: BTreeMap::new(),
+            stuck_killed: BTreeSet::new(),
             shutdown_requested: false,
         }
     }
@@ -610,6 +618,9 @@ impl Supervisor {
 
     /// Starts the workers of a topology, unless one is running.
     fn run(&mut self, text: &str, dir: &str) -> Result<Reply, ControlError> {
+        if self.shutdown_requested {
+            return Err(ControlError::Invalid("the instance is going down".into()));
+        }
         if self.group.as_ref().is_some_and(|g| !g.is_stopped()) {
             return Err(ControlError::Invalid(
                 "a topology is running already; `grafos run` ends it on Ctrl-C, `grafos down` too"
@@ -642,7 +653,18 @@ impl Supervisor {
             return;
         };
         group.stop("the instance is going down");
+        // Every worker gets its grace period and then SIGKILL through its
+        // pidfd, so this ends; the deadline is a last resort.
+        let grace = self.config.grace.max(Duration::from_secs(60));
+        let deadline = Instant::now() + grace * 16;
         while !group.is_stopped() {
+            if Instant::now() >= deadline {
+                tracing::error!(
+                    "workers still running after {:?}; giving up on them",
+                    grace * 16
+                );
+                return;
+            }
             let exited: Vec<usize> = {
                 let pidfds = group.pidfds();
                 let mut fds: Vec<rustix::event::PollFd<'_>> = pidfds
@@ -1103,51 +1125,76 @@ impl Supervisor {
 
     /// Looks at every claim in progress in the instance's queues: a claim
     /// whose holder is dead gets repaired; one held past the claim-age
-    /// limit by a live process (stopped, say) gets its holder killed, and
-    /// repaired on a later pass.
+    /// limit by a stopped participant or worker (SIGSTOP, a debugger) gets
+    /// its holder killed, and repaired on a later pass. Running holders
+    /// are never killed: a slow claimer is not a stuck one.
     fn watch_claims(&mut self) {
         let Ok(objects) = list_segments(self.paths.instance()) else {
             return;
         };
+        // Keep queue mappings from scan to scan (no page faults after the
+        // first), dropping those whose segment is gone.
+        let mut mapped = std::mem::take(&mut self.watched_queues);
+        mapped.retain(|object, _| objects.contains(object));
         let now = Instant::now();
         let mut seen = BTreeMap::new();
         let mut repair = false;
         for object in objects {
-            let Ok(name) = grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
-            else {
-                continue;
-            };
-            let expect = Expect {
-                kind: Some(SegmentKind::Queue),
-                ..Expect::default()
-            };
-            let Ok(claims) = Segment::open(&name, &expect).and_then(FabricQueue::claims_in) else {
-                continue;
-            };
-            for claim in claims {
+            if !mapped.contains_key(&object) {
+                let Ok(name) =
+                    grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
+                else {
+                    continue;
+                };
+                let expect = Expect {
+                    kind: Some(SegmentKind::Queue),
+                    ..Expect::default()
+                };
+                match Segment::open(&name, &expect).and_then(FabricQueue::inspector) {
+                    Ok(queue) => {
+                        mapped.insert(object.clone(), queue);
+                    }
+                    Err(_) => continue,
+                }
+            }
+            let claims = mapped[&object].claims();
+            for claim in claims.into_iter().filter(|c| c.holder != 0) {
                 let key = (object.clone(), claim.slot, claim.word);
                 let first = self.claims_seen.get(&key).copied().unwrap_or(now);
                 seen.insert(key, first);
                 let holder = ProcessId::unpack(claim.holder);
-                if claim.holder == 0 {
-                    continue;
-                }
                 if !holder.is_alive() {
                     repair = true;
-                } else if now.duration_since(first) >= self.config.claim_age_limit {
+                } else if now.duration_since(first) >= self.config.claim_age_limit
+                    && holder.is_stopped()
+                    && self.is_ours(holder)
+                {
                     self.kill_stuck(holder, &object, now.duration_since(first));
                 }
             }
         }
+        self.watched_queues = mapped;
         self.claims_seen = seen;
         if repair {
             self.repair_queues();
         }
     }
 
-    /// Kills a process that has held a claim too long (by pidfd, after
-    /// checking that the pid still names the same process).
-    fn kill_stuck(&self, holder: ProcessId, queue: &str, held: Duration) {
+    /// Whether a process is one of this instance's participants or
+    /// workers (and not the supervisor itself): the only processes the
+    /// claim watch may kill.
+    fn is_ours(&self, process: ProcessId) -> bool {
+        process.pid != std::process::id()
+            && (self.participants.values().any(|p| p.process == process)
+                || self.group.as_ref().is_some_and(|g| g.runs(process)))
+    }
+
+    /// Kills a stopped process that has held a claim too long (by pidfd,
+    /// after checking that the pid still names the same process), once.
+    fn kill_stuck(&mut self, holder: ProcessId, queue: &str, held: Duration) {
+        if !self.stuck_killed.insert(holder.pack()) {
+            return;
+        }
         let Some(pid) = rustix::process::Pid::from_raw(holder.pid as i32) else {
             return;
         };
@@ -1165,7 +1212,7 @@ impl Supervisor {
                     pid = holder.pid,
                     queue,
                     held_ms = held.as_millis() as u64,
-                    "killed a process holding a queue claim past the claim-age limit"
+                    "killed a stopped process holding a queue claim past the claim-age limit"
                 );
             }
             Err(e) => tracing::warn!(pid = holder.pid, "could not kill a stuck claimer: {e}"),

@@ -51,6 +51,9 @@ impl Drain {
             let rc = unsafe {
                 let mut action: libc::sigaction = std::mem::zeroed();
                 action.sa_sigaction = on_stop_signal as *const () as usize;
+                // Interrupted system calls restart: the flag is for the
+                // worker's loop to see, not an error for its I/O.
+                action.sa_flags = libc::SA_RESTART;
                 libc::sigemptyset(&mut action.sa_mask);
                 libc::sigaction(signal, &action, std::ptr::null_mut())
             };

@@ -57,6 +57,12 @@ impl ProcessId {
         }
     }
 
+    /// Whether this process is alive but stopped (SIGSTOP, or stopped by
+    /// a tracer such as a debugger).
+    pub fn is_stopped(self) -> bool {
+        matches!(stat(self.pid), Some((state, start)) if start & START_MASK == self.start_time && (state == 'T' || state == 't'))
+    }
+
     /// Whether this process is still running (not exited, not a zombie).
     pub fn is_alive(self) -> bool {
         match stat(self.pid) {

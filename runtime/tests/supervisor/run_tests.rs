@@ -18,6 +18,10 @@ pub const ALL: &[(&str, Test)] = &[
         one_for_one,
     ),
     ("run_one_for_all_restarts_every_worker", one_for_all),
+    (
+        "run_one_for_all_does_not_restart_a_temporary_worker",
+        one_for_all_with_a_temporary_worker,
+    ),
     ("run_rest_for_one_restarts_the_later_workers", rest_for_one),
     (
         "run_transient_and_temporary_follow_otp",
@@ -193,6 +197,28 @@ fn kill(instance: &Instance, worker: &str) {
     assert!(out.status.success(), "kill {worker}: {}", text(&out));
 }
 
+/// Waits until each (id, pid) has logged its `start` (its drain hook is
+/// installed by then).
+fn await_started(run: &Run, workers: &[W]) {
+    await_events(run, "the workers to be serving", |e| {
+        workers.iter().all(|w| {
+            let line = format!("start {} {}", w.id, w.pid.unwrap_or(0));
+            e.contains(&line)
+        })
+    });
+}
+
+/// Asserts every worker process the events name (`start ID PID`) is gone.
+fn assert_workers_gone(events: &[String], instance: &Instance) {
+    for pid in events
+        .iter()
+        .filter_map(|l| l.strip_prefix("start "))
+        .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+    {
+        instance.await_gone(pid);
+    }
+}
+
 /// The `drained` lines of the events, in order.
 fn drained(events: &[String]) -> Vec<String> {
     events
@@ -232,6 +258,7 @@ fn one_for_one() {
     assert_eq!(pid_of(&after, "c"), pid_of(&before, "c"));
     assert!(after[1].last_exit.contains("signal 9"), "{after:?}");
     assert_eq!((after[0].restarts, after[2].restarts), (0, 0));
+    await_started(&run, &after);
     // Ctrl-C: SIGTERM in reverse start order; each drains and exits 0.
     run.interrupt();
     let events = run.events.clone();
@@ -259,6 +286,7 @@ fn one_for_one() {
     }
     // `grafos run` started the instance, so it took it down.
     instance.assert_clean();
+    assert_workers_gone(&events, &instance);
 }
 
 fn one_for_all() {
@@ -280,10 +308,61 @@ fn one_for_all() {
     for id in ["a", "b", "c"] {
         assert_ne!(pid_of(&after, id), pid_of(&before, id), "{id} kept its pid");
     }
-    // The others were stopped in reverse order, draining.
-    assert_eq!(drained(&run.events()), ["c", "a"]);
+    await_started(&run, &after);
+    // The others were stopped in reverse order, draining, before any
+    // worker started again; then all started in order.
+    let events = run.events();
+    assert_eq!(drained(&events), ["c", "a"]);
+    let last_drain = events
+        .iter()
+        .rposition(|l| l.starts_with("drained "))
+        .unwrap();
+    let restarts: Vec<&str> = events[last_drain..]
+        .iter()
+        .filter_map(|l| l.strip_prefix("start "))
+        .filter_map(|l| l.split_whitespace().next())
+        .collect();
+    assert_eq!(restarts, ["a", "b", "c"], "{events:?}");
     drop(run);
     instance.assert_clean_eventually();
+    assert_workers_gone(&events, &instance);
+}
+
+fn one_for_all_with_a_temporary_worker() {
+    let instance = Instance::new("runalltmp");
+    let run = Run::start(
+        &instance,
+        &format!("strategy = \"one_for_all\"\n{FAST}"),
+        &[
+            ("a", "permanent", "serve"),
+            ("t", "temporary", "serve"),
+            ("b", "permanent", "serve"),
+        ],
+    );
+    await_workers(&instance, "three running workers", all_running(3));
+    kill(&instance, "a");
+    // The temporary worker is stopped with the others and not restarted:
+    // it is done, and the group carries on without it.
+    let after = await_workers(&instance, "a and b restarted, t done", |w| {
+        w[0].state == "running"
+            && w[0].restarts == 1
+            && w[1].state == "done"
+            && w[2].state == "running"
+            && w[2].restarts == 1
+    });
+    assert_eq!(after[1].restarts, 0);
+    await_started(&run, &after[2..]);
+    run.interrupt();
+    let events = run.events.clone();
+    let (code, output) = run.wait();
+    assert_eq!(code, Some(0), "{output}");
+    instance.assert_clean();
+    let events: Vec<String> = std::fs::read_to_string(events)
+        .unwrap()
+        .lines()
+        .map(str::to_owned)
+        .collect();
+    assert_workers_gone(&events, &instance);
 }
 
 fn rest_for_one() {
@@ -426,7 +505,25 @@ fn supervisor_crash() {
         numbers(e, "holding h ").len() > holdings
     });
     let h = pid_of(&before, "h") as i32;
+    // Freeze it, make sure it holds a claim, then kill it.
     // SAFETY: kill(2) on a worker of the supervisor this test started.
+    assert_eq!(unsafe { libc::kill(h, libc::SIGSTOP) }, 0);
+    let inspector = grafos_worker::collections::queue::FabricQueue::inspector(
+        grafos_worker::segment::Segment::open(&name, &Default::default()).unwrap(),
+    )
+    .unwrap();
+    let h_identity = grafos_worker::process::ProcessId::of(h as u32)
+        .unwrap()
+        .pack();
+    assert!(
+        inspector
+            .claims()
+            .iter()
+            .any(|c| c.holder == h_identity && !c.reading),
+        "h holds no claim: {:?}",
+        inspector.claims()
+    );
+    // SAFETY: as above.
     assert_eq!(unsafe { libc::kill(h, libc::SIGKILL) }, 0);
     // A worker repairs the dead claim (no supervisor exists) and the
     // stream flows past it.
@@ -460,13 +557,19 @@ fn supervisor_crash() {
     assert_eq!(pid_of(&after, "c"), pid_of(&before, "c"));
     assert_ne!(pid_of(&after, "h"), pid_of(&before, "h"));
     assert!(after[1].last_exit.contains("how unknown"), "{after:?}");
-    // Workers renew (attaching again) and acquire again.
+    // Workers renew (attaching again) and acquire again: the restarted
+    // producer's new lease is granted by the new supervisor.
     let renewed = instance.counter("leases_renewed");
-    instance.await_status("renewals, attaches and a new lease", |s| {
+    await_events(&run, "the restarted producer's lease", |e| {
+        numbers(e, "lease h ").len() == 2
+    });
+    instance.await_status("renewals and attaches", |s| {
         s["counters"]["leases_renewed"].as_u64() > Some(renewed)
             && s["participants"].as_array().is_some_and(|p| p.len() >= 2)
-            && s["counters"]["leases_acquired"].as_u64() >= Some(1)
     });
+    let new_lease = numbers(&run.events(), "lease h ")[1];
+    assert!(lease_ttl(&instance.status(), new_lease) > 0);
+    assert!(new_lease > h_lease);
     let got = *numbers(&run.events(), "got c ").last().unwrap();
     await_events(&run, "the stream to keep flowing", |e| {
         numbers(e, "got c ").last().is_some_and(|&n| n >= got + 50)
@@ -483,11 +586,8 @@ fn supervisor_crash() {
             "{id} did not drain: {drained:?}"
         );
     }
-    for id in ["p", "c"] {
-        let pid = pid_of(&after, id) as i32;
-        instance.await_gone(pid);
-    }
     instance.assert_clean();
+    assert_workers_gone(&run.events(), &instance);
 }
 
 fn lease_ttl(status: &serde_json::Value, lease: u64) -> u64 {

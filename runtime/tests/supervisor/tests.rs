@@ -551,6 +551,10 @@ fn stopped_claimer_is_killed_and_repaired() {
     instance.up(&["--claim-age-limit", "1"]);
     let name = SegmentName::new(&instance.name, "jobs").unwrap();
     let queue = FabricQueue::create(&name, &QueueConfig::new(4, 32)).unwrap();
+    // A running process holding a claim just as long is left alone.
+    let mut busy = instance.peer();
+    busy.ok("claim jobs");
+    let busy_since = Instant::now();
     let mut claimer = instance.peer();
     claimer.ok("claim jobs");
     let pid = claimer.pid() as i32;
@@ -568,7 +572,18 @@ fn stopped_claimer_is_killed_and_repaired() {
     );
     let status = claimer.wait();
     assert_eq!(status.signal(), Some(libc::SIGKILL), "{status:?}");
-    // The queue moves past the dead claim.
+    // Over twice the limit, the running claimer survives and nothing else
+    // is killed.
+    while busy_since.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(instance.counter("stuck_claimers_killed"), 1);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    busy.ok("attach");
+    busy.kill();
+    instance.await_status("the busy claimer's repair", |s| {
+        s["counters"]["claims_repaired"] == 2
+    });
+    // The queue moves past the dead claims.
     for i in 0..8u8 {
         queue.try_push(&[i]).unwrap();
         assert_eq!(queue.try_pop().unwrap(), Some(vec![i]));

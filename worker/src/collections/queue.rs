@@ -276,15 +276,14 @@ impl FabricQueue {
         Ok(inner.queue().repair_dead(me(), is_dead, &LinuxFutex)?)
     }
 
-    /// The slots of a queue segment being written or read now, with their
-    /// holders, without registering (for a supervisor's stuck-claimer
-    /// watch).
+    /// A view of a queue segment that reads its claims without
+    /// registering (for a supervisor's stuck-claimer watch, which keeps it
+    /// mapped from scan to scan).
     ///
     /// # Errors
-    /// `Layout` if it is not a consistent queue; `Queue(Corrupt)`.
-    pub fn claims_in(segment: Segment) -> Result<Vec<ClaimSeen>> {
-        let inner = Inner::bind(segment)?;
-        Ok(inner.queue().claims()?)
+    /// `Layout` if it is not a consistent queue.
+    pub fn inspector(segment: Segment) -> Result<QueueInspector> {
+        Ok(QueueInspector(Inner::bind(segment)?))
     }
 
     /// Binds an opened (validated) segment as a queue and registers with it.
@@ -635,6 +634,25 @@ impl Drop for FabricQueue {
 enum Side {
     Push,
     Pop,
+}
+
+/// A mapped queue that is read, not used: see [`FabricQueue::inspector`].
+pub struct QueueInspector(Inner);
+
+impl std::fmt::Debug for QueueInspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_tuple("QueueInspector")
+            .field(&self.0.segment)
+            .finish()
+    }
+}
+
+impl QueueInspector {
+    /// The slots being written or read now, with their holders (a slot
+    /// with a state no writer produces is skipped).
+    pub fn claims(&self) -> Vec<ClaimSeen> {
+        self.0.queue().claims()
+    }
 }
 
 /// A record being written in place. Dropping it without `commit` abandons
