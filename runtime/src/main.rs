@@ -61,9 +61,9 @@ enum Command {
         /// (at most a day).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u64).range(0..=86_400))]
         grace_secs: u64,
-        /// Seconds a queue claim may stay unfinished before its holder is
-        /// killed and the claim repaired (a stopped or wedged claimer must
-        /// not stop a queue).
+        /// Seconds a queue claim may stay unfinished while its holder is
+        /// stopped (SIGSTOP, a debugger) before the holder is killed and the
+        /// claim repaired.
         #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=86_400))]
         claim_age_limit: u64,
         /// Run in the background; exit 0 once it accepts requests.

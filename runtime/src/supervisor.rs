@@ -55,8 +55,9 @@ pub struct Config {
     pub data_dir: PathBuf,
     /// How long an expired lease stays readable.
     pub grace: Duration,
-    /// A queue claim held longer than this gets its holder killed (and
-    /// repaired): a stopped or wedged claimer must not stop a queue.
+    /// A queue claim held longer than this by a stopped participant or
+    /// worker gets its holder killed (and repaired): a stopped claimer
+    /// must not stop a queue.
     pub claim_age_limit: Duration,
 }
 
