@@ -2,6 +2,8 @@
 //!
 //! * [`mem`], [`block`]: leases of shared memory and block storage from
 //!   the instance's supervisor; [`leasekit`] renews them.
+//! * [`fence`], [`locator`]: generations and where a relocatable
+//!   structure lives now.
 //! * [`participant`]: this process as a participant of an instance.
 //! * [`control`]: the protocol spoken with the supervisor.
 //! * [`segment`]: POSIX shared-memory segments with a validated header.
@@ -25,11 +27,13 @@ pub mod control;
 pub mod drain;
 pub mod edge;
 pub mod error;
+pub mod fence;
 pub mod futex;
 pub mod host;
 pub mod instance;
 mod lease;
 pub mod leasekit;
+pub mod locator;
 mod mapped;
 pub mod mem;
 pub mod participant;
