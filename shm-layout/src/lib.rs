@@ -15,6 +15,7 @@
 pub mod crash;
 pub mod edge;
 pub mod error;
+pub mod handoff;
 pub mod header;
 pub mod heap;
 pub mod mutant;

@@ -57,6 +57,14 @@ pub enum Mutant {
     /// A producer whose `tail` CAS meets the seal at its own position
     /// publishes anyway instead of tombing its claim.
     QueueSkipSealBackout,
+    /// A handoff reader returns its read without checking that the
+    /// generation stayed the same.
+    HandoffSkipRecheck,
+    /// A handoff publisher claims the word with a plain store instead of a
+    /// CAS (two publishers from one generation both win).
+    HandoffClaimPlainStore,
+    /// A handoff publisher writes the new locator into the live slot.
+    HandoffWriteLiveSlot,
 }
 
 #[cfg(loom)]

@@ -90,3 +90,18 @@ fn queue_seal_while_draining() {
 fn queue_repair_dead_spares_the_living() {
     models::check(models::queue::repair_dead_spares_the_living);
 }
+
+#[test]
+fn handoff_two_publishers() {
+    models::check(models::handoff::handoff_two_publishers);
+}
+
+#[test]
+fn handoff_reader_during_two_publications() {
+    models::check(models::handoff::handoff_reader_during_two_publications);
+}
+
+#[test]
+fn handoff_dead_publisher_reverted() {
+    models::check(models::handoff::handoff_dead_publisher_reverted);
+}

@@ -235,3 +235,30 @@ fn queue_repairing_the_living_fails_their_publish() {
         "a live participant's claim was repaired",
     );
 }
+
+#[test]
+fn handoff_plain_store_claim_lets_two_publishers_win() {
+    must_fail(
+        Mutant::HandoffClaimPlainStore,
+        models::handoff::handoff_two_publishers,
+        "two publishers won",
+    );
+}
+
+#[test]
+fn handoff_reader_without_recheck_returns_torn_locators() {
+    must_fail(
+        Mutant::HandoffSkipRecheck,
+        models::handoff::handoff_reader_during_two_publications,
+        "torn locator",
+    );
+}
+
+#[test]
+fn handoff_writing_the_live_slot_tears_it() {
+    must_fail(
+        Mutant::HandoffWriteLiveSlot,
+        models::handoff::handoff_dead_publisher_reverted,
+        "torn locator",
+    );
+}

@@ -5,6 +5,7 @@
 //! capacities. `loom_models.rs` runs them as written (they must pass);
 //! `loom_mutations.rs` runs each with its aimed mutation (it must fail).
 
+pub mod handoff;
 pub mod queue;
 
 use grafos_shm_layout::edge::{Edge, EdgeError, ProducerCursor};
