@@ -38,6 +38,8 @@ pub enum SegmentKind {
     Registry = 4,
     /// An instance's counters ([`crate::registry::InstanceCounters`]).
     Counters = 5,
+    /// The live part of a handoff record ([`crate::handoff`]).
+    Handoff = 6,
 }
 
 impl SegmentKind {
@@ -49,6 +51,7 @@ impl SegmentKind {
             3 => Some(SegmentKind::Queue),
             4 => Some(SegmentKind::Registry),
             5 => Some(SegmentKind::Counters),
+            6 => Some(SegmentKind::Handoff),
             _ => None,
         }
     }

@@ -158,6 +158,11 @@ impl BlockLease {
         })
     }
 
+    /// The instance the lease belongs to.
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
     /// The lease's id.
     pub fn lease_id(&self) -> u64 {
         self.lease_id

@@ -2,6 +2,7 @@
 
 use grafos_shm_layout::LayoutError;
 use grafos_shm_layout::edge::EdgeError;
+use grafos_shm_layout::handoff::HandoffError;
 use grafos_shm_layout::queue::QueueError;
 
 /// What went wrong in a grafos library call.
@@ -67,6 +68,9 @@ pub enum FabricError {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A handoff publication did not happen.
+    #[error("handoff: {0}")]
+    Handoff(#[from] HandoffError),
     /// A typed record does not have the size of its type.
     #[error("record of {found} bytes where {expected} were expected")]
     WrongSize {

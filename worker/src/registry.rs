@@ -1,8 +1,10 @@
-//! The instance's registry and counters segments, mapped.
+//! Segments whose body is a block of atomics (the instance's registry and
+//! counters, handoff records), mapped.
 
 use std::marker::PhantomData;
 
 use grafos_shm_layout::LayoutError;
+use grafos_shm_layout::handoff::{CONTROL_SIZE as HANDOFF_SIZE, HandoffControl};
 use grafos_shm_layout::header::{Expect, SegmentKind, TypeDescriptor};
 use grafos_shm_layout::registry::{COUNTERS_SIZE, InstanceCounters, REGISTRY_SIZE, Registry};
 
@@ -32,6 +34,12 @@ unsafe impl AtomicBody for Registry {
 unsafe impl AtomicBody for InstanceCounters {
     const KIND: SegmentKind = SegmentKind::Counters;
     const SIZE: u64 = COUNTERS_SIZE;
+}
+
+// SAFETY: `HandoffControl` is `repr(C)` atomics only, 128-aligned.
+unsafe impl AtomicBody for HandoffControl {
+    const KIND: SegmentKind = SegmentKind::Handoff;
+    const SIZE: u64 = HANDOFF_SIZE;
 }
 
 /// A mapped segment whose body is a `T`.

@@ -6,15 +6,22 @@
 //! SECS`, `open-mem ID`, `open-block ID`, `write TEXT`, `read LEN`,
 //! `check`, `renew SECS`, `keep-alive SECS FOR_MS`, `release`,
 //! `claim QUEUE` (hold an unpublished claim on a queue of the instance),
-//! `attach`.
+//! `attach`; and for handoff records `handoff-writer BLOCKS` (a new record
+//! on a new block lease), `handoff-publish LEASE OFFSET`, `handoff-open
+//! BLOCK_LEASE` (a reader), `handoff-read`, `handoff-wait GENERATION MS`,
+//! `handoff-stale-writer LEASE` (a writer that believes generation 0
+//! publishes).
 
 use std::io::{BufRead, Write};
 use std::time::{Duration, Instant};
 
 use grafos_worker::block::{BlockBuilder, BlockLease};
 use grafos_worker::collections::queue::FabricQueue;
+use grafos_worker::fence::FenceEpoch;
 use grafos_worker::host::unix_time_secs;
 use grafos_worker::leasekit::{RenewalManager, RenewalPolicy};
+use grafos_worker::locator::QueueLocator;
+use grafos_worker::locator::handoff::{HandoffReader, HandoffState, HandoffWriter};
 use grafos_worker::mem::{MemBuilder, MemLease};
 use grafos_worker::participant::attach;
 use grafos_worker::segment::SegmentName;
@@ -39,13 +46,19 @@ impl Lease {
 pub fn main() {
     let instance = std::env::var("GRAFOS_INSTANCE").expect("GRAFOS_INSTANCE is set");
     let mut lease = Lease::None;
+    let mut handoffs = Handoffs::default();
     // Held claims and queues stay alive until the process ends.
     let mut queues: Vec<&'static FabricQueue> = Vec::new();
     let stdin = std::io::stdin();
     for line in stdin.lock().lines() {
         let line = line.expect("stdin is readable");
         let words: Vec<&str> = line.split_whitespace().collect();
-        let answer = run(&instance, &words, &mut lease, &mut queues);
+        let answer = match words.first().copied() {
+            Some(command) if command.starts_with("handoff-") => {
+                handoff(&instance, &words, &mut handoffs)
+            }
+            _ => run(&instance, &words, &mut lease, &mut queues),
+        };
         let mut out = std::io::stdout().lock();
         match answer {
             Ok(text) => writeln!(out, "ok {text}"),
@@ -172,6 +185,78 @@ fn run(
             std::mem::forget(loan);
             queues.push(queue);
             Ok(std::process::id().to_string())
+        }
+        other => Err(FabricError::InvalidArgument(format!(
+            "unknown command {other:?}"
+        ))),
+    }
+}
+
+#[derive(Default)]
+struct Handoffs {
+    writer: Option<HandoffWriter<QueueLocator>>,
+    reader: Option<HandoffReader<QueueLocator>>,
+    block: Option<u64>,
+}
+
+fn show(state: &HandoffState<QueueLocator>) -> String {
+    format!(
+        "{} {} {}",
+        state.generation.value(),
+        state.locator.lease_id,
+        state.locator.offset
+    )
+}
+
+fn handoff(instance: &str, words: &[&str], h: &mut Handoffs) -> Result<String> {
+    let missing = || FabricError::InvalidArgument("no handoff record open".into());
+    match words[0] {
+        "handoff-writer" => {
+            let lease = BlockBuilder::new()
+                .instance(instance)
+                .min_blocks(num(words, 1)?)
+                .lease_secs(60)
+                .acquire()?;
+            let id = lease.lease_id();
+            let initial = HandoffState {
+                stage_id: 1,
+                generation: FenceEpoch::zero(),
+                locator: QueueLocator::new(0, 0, 0),
+            };
+            h.writer = Some(HandoffWriter::new(initial, lease)?);
+            h.block = Some(id);
+            Ok(id.to_string())
+        }
+        "handoff-publish" => {
+            let writer = h.writer.as_mut().ok_or_else(missing)?;
+            let next = writer.state().generation.next().value();
+            let locator = QueueLocator::new(num(words, 1)?, num(words, 2)?, next);
+            Ok(writer.publish(locator)?.value().to_string())
+        }
+        "handoff-open" => {
+            h.reader = Some(HandoffReader::new(BlockLease::open_in(
+                instance,
+                num(words, 1)?,
+            )?)?);
+            Ok(String::new())
+        }
+        "handoff-read" => Ok(show(&h.reader.as_mut().ok_or_else(missing)?.current()?)),
+        "handoff-wait" => {
+            let reader = h.reader.as_mut().ok_or_else(missing)?;
+            let cached = FenceEpoch::from_value(num(words, 1)?);
+            let timeout = std::time::Duration::from_millis(num(words, 2)?);
+            Ok(show(&reader.wait_newer(cached, Some(timeout))?))
+        }
+        "handoff-stale-writer" => {
+            let lease = BlockLease::open_in(instance, num(words, 1)?)?;
+            let initial = HandoffState {
+                stage_id: 1,
+                generation: FenceEpoch::zero(),
+                locator: QueueLocator::new(0, 0, 0),
+            };
+            let mut writer = HandoffWriter::new(initial, lease)?;
+            writer.publish(QueueLocator::new(555, 0, 1))?;
+            Ok("published".into())
         }
         other => Err(FabricError::InvalidArgument(format!(
             "unknown command {other:?}"

@@ -40,6 +40,10 @@ pub const ALL: &[(&str, Test)] = &[
         stopped_claimer_is_killed_and_repaired,
     ),
     (
+        "handoff_across_processes_refuses_rollback_and_survives_its_segment",
+        handoff_across_processes,
+    ),
+    (
         "bad_requests_through_the_socket",
         bad_requests_through_the_socket,
     ),
@@ -589,6 +593,38 @@ fn stopped_claimer_is_killed_and_repaired() {
         assert_eq!(queue.try_pop().unwrap(), Some(vec![i]));
     }
     drop(queue);
+    assert!(instance.grafos(&["down"]).status.success());
+    instance.assert_clean();
+}
+
+fn handoff_across_processes() {
+    let instance = Instance::new("handoff");
+    instance.up(&[]);
+    let (mut writer, mut reader) = (instance.peer(), instance.peer());
+    let block = writer.ok("handoff-writer 4");
+    assert_eq!(writer.ok("handoff-publish 100 0"), "1");
+    reader.ok(&format!("handoff-open {block}"));
+    assert_eq!(reader.ok("handoff-read"), "1 100 0");
+    // A reader asleep on the record wakes for the next generation.
+    reader.send("handoff-wait 1 15000");
+    assert_eq!(writer.ok("handoff-publish 101 0"), "2");
+    assert_eq!(reader.answer().unwrap(), "2 101 0");
+    // A writer that restarted believing generation 0 cannot roll it back.
+    let mut stale = instance.peer();
+    let refused = stale
+        .cmd(&format!("handoff-stale-writer {block}"))
+        .unwrap_err();
+    assert!(
+        refused.contains("generation 2 was published first"),
+        "{refused}"
+    );
+    assert_eq!(reader.ok("handoff-read"), "2 101 0");
+    // With the live segment gone, a cold reader takes the durable copy.
+    grafos_worker::segment::unlink_object(&instance.name, &format!("handoff.{block}")).unwrap();
+    let mut cold = instance.peer();
+    cold.ok(&format!("handoff-open {block}"));
+    assert_eq!(cold.ok("handoff-read"), "2 101 0");
+    drop((writer, reader, stale, cold));
     assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();
 }

@@ -16,6 +16,9 @@
 //! # Ok(()) }
 //! ```
 //!
+//! A file that is empty, or zero-filled (a pre-allocated block lease), is
+//! formatted on open.
+//!
 //! File layout (little-endian): a 64-byte header (`GRAFOSDB`, version,
 //! slot size, CRC of the header), then slot A at 64 and slot B at
 //! 64 + slot size. A slot: sequence (`u64`, 0 = never written), payload
@@ -94,10 +97,11 @@ impl<T: Serialize + DeserializeOwned> Durable<T> {
             .open(&path)
             .map_err(|e| io("open", e))?;
         let len = file.metadata().map_err(|e| io("stat", e))?.len();
-        let slot_size = if len == 0 {
+        let slot_size = if never_written(&file, len).map_err(|e| io("pread", e))? {
+            // New, or zeroes (a pre-allocated block lease): format it.
             let slot_size = SLOT_HEADER + u64::from(max_len);
             file.write_all_at(&header(slot_size), 0)
-                .and_then(|()| file.set_len(HEADER + 2 * slot_size))
+                .and_then(|()| file.set_len(len.max(HEADER + 2 * slot_size)))
                 .and_then(|()| file.sync_all())
                 .map_err(|e| io("create", e))?;
             slot_size
@@ -229,6 +233,20 @@ impl<T: Serialize + DeserializeOwned> Durable<T> {
             source,
         }
     }
+}
+
+/// Whether the file is empty or starts with a zeroed header (a file made
+/// elsewhere, such as a block lease, before its first checkpoint).
+fn never_written(file: &File, len: u64) -> std::io::Result<bool> {
+    if len == 0 {
+        return Ok(true);
+    }
+    if len < HEADER {
+        return Ok(false);
+    }
+    let mut h = [0u8; HEADER as usize];
+    file.read_exact_at(&mut h, 0)?;
+    Ok(h.iter().all(|&b| b == 0))
 }
 
 fn header(slot_size: u64) -> [u8; HEADER as usize] {

@@ -2,6 +2,8 @@
 //! and the generation it belongs to. Relocation publishes a new locator
 //! (through a handoff record) and readers rebind to it.
 
+pub mod handoff;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fence::FenceEpoch;

@@ -1,0 +1,281 @@
+//! Handoff records: where a relocatable structure lives now, published so
+//! that every process rebinds to it.
+//!
+//! The live generation and locator sit in a small shared-memory segment
+//! (`handoff.<block lease id>`), published by CAS against the generation
+//! the writer expects (`grafos_shm_layout::handoff`): a second relocator,
+//! or a restarted writer whose `initial` state says zero, gets `Conflict`
+//! instead of rolling the generation back. After the CAS the writer
+//! checkpoints the state into the block lease's file (A/B slots, sequence,
+//! CRC, `pwrite`) as the durable copy; a reader takes the newer of the two,
+//! so it finds the locator even when the segment is gone.
+//!
+//! ```no_run
+//! use grafos_worker::block::BlockBuilder;
+//! use grafos_worker::fence::FenceEpoch;
+//! use grafos_worker::locator::QueueLocator;
+//! use grafos_worker::locator::handoff::{HandoffReader, HandoffState, HandoffWriter};
+//! # fn main() -> grafos_worker::Result<()> {
+//! let locator = QueueLocator::new(3, 0, 1);
+//! let lease = BlockBuilder::new().min_blocks(64).lease_secs(600).acquire()?;
+//! let initial = HandoffState { stage_id: 1, generation: FenceEpoch::zero(), locator };
+//! let mut writer = HandoffWriter::new(initial, lease)?;
+//! writer.publish(locator)?;
+//! let reader: HandoffReader<QueueLocator> = HandoffReader::new(writer.into_block_lease())?;
+//! assert_eq!(reader.current()?.locator, locator);
+//! # Ok(()) }
+//! ```
+
+use std::sync::atomic::AtomicU32;
+use std::time::{Duration, Instant};
+
+use grafos_shm_layout::handoff::{HandoffControl, SLOT_WORDS};
+use grafos_shm_layout::wait::Futex;
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::block::BlockLease;
+use crate::collections::durable::{Durable, SyncPolicy};
+use crate::error::{FabricError, Result};
+use crate::fence::FenceEpoch;
+use crate::futex::LinuxFutex;
+use crate::locator::QueueLocator;
+use crate::participant::attach;
+use crate::process::ProcessId;
+use crate::registry::Mapped;
+use crate::segment::SegmentName;
+
+/// Largest encoded [`HandoffState`] the durable copy holds.
+const MAX_STATE_LEN: u32 = 256;
+
+/// A locator a handoff record can carry: four words in shared memory.
+pub trait HandoffLocator: Copy + Serialize + DeserializeOwned {
+    /// The locator as words.
+    fn to_words(&self) -> [u64; SLOT_WORDS];
+    /// The locator from words.
+    fn from_words(words: [u64; SLOT_WORDS]) -> Self;
+}
+
+impl HandoffLocator for QueueLocator {
+    fn to_words(&self) -> [u64; SLOT_WORDS] {
+        [self.lease_id, self.offset, self.generation.value(), 0]
+    }
+
+    fn from_words(words: [u64; SLOT_WORDS]) -> Self {
+        QueueLocator::new(words[0], words[1], words[2])
+    }
+}
+
+/// What a handoff record says.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct HandoffState<L> {
+    /// The stage the record belongs to.
+    pub stage_id: u64,
+    /// The current generation.
+    pub generation: FenceEpoch,
+    /// Where the structure lives in that generation.
+    pub locator: L,
+}
+
+/// The live part of a record: its segment, created by whoever comes
+/// first.
+fn live(lease: &BlockLease) -> Result<Mapped<HandoffControl>> {
+    let attachment = attach(lease.instance())?;
+    let name = SegmentName::new(lease.instance(), &format!("handoff.{}", lease.lease_id()))?;
+    let token = attachment.instance_token();
+    match Mapped::open(&name, Some(token)) {
+        Err(FabricError::NotFound(_)) => match Mapped::create(&name, token) {
+            Err(FabricError::AlreadyExists(_)) => Mapped::open(&name, Some(token)),
+            created => created,
+        },
+        opened => opened,
+    }
+}
+
+/// Publishes new locators.
+pub struct HandoffWriter<L: HandoffLocator> {
+    state: HandoffState<L>,
+    lease: BlockLease,
+    live: Mapped<HandoffControl>,
+    durable: Durable<HandoffState<L>>,
+}
+
+impl<L: HandoffLocator> std::fmt::Debug for HandoffWriter<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffWriter")
+            .field("stage_id", &self.state.stage_id)
+            .field("generation", &self.state.generation)
+            .field("lease", &self.lease.lease_id())
+            .finish()
+    }
+}
+
+impl<L: HandoffLocator> HandoffWriter<L> {
+    /// A writer for the record kept on `lease`, believing `initial` is
+    /// current (a `publish` from a stale belief gets `Conflict`).
+    ///
+    /// # Errors
+    /// If the live segment or the durable copy cannot be opened.
+    pub fn new(initial: HandoffState<L>, lease: BlockLease) -> Result<HandoffWriter<L>> {
+        let live = live(&lease)?;
+        let durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Never)?;
+        Ok(HandoffWriter {
+            state: initial,
+            lease,
+            live,
+            durable,
+        })
+    }
+
+    /// Publishes `locator` as the next generation after the one this
+    /// writer believes current; returns the new generation.
+    ///
+    /// # Errors
+    /// `Handoff(Conflict)` if another generation is current (this writer
+    /// then believes that one: publish again to supersede it);
+    /// `Handoff(Busy)` if a live publisher is in the middle; the lease's
+    /// errors.
+    pub fn publish(&mut self, locator: L) -> Result<FenceEpoch> {
+        self.lease.check()?;
+        let me = std::process::id();
+        let published = self.live.get().publish(
+            self.state.generation.value(),
+            locator.to_words(),
+            me,
+            |pid| ProcessId::of(pid).is_none(),
+        );
+        match published {
+            Ok(generation) => {
+                LinuxFutex.wake_all(low_half(self.live.get()));
+                self.state.generation = FenceEpoch::from_value(generation);
+                self.state.locator = locator;
+                // The durable copy, after the CAS: a crash between the two
+                // leaves the live word newer, which readers prefer.
+                self.durable.checkpoint(&self.state)?;
+                Ok(self.state.generation)
+            }
+            Err(e) => {
+                if let grafos_shm_layout::handoff::HandoffError::Conflict { .. } = e {
+                    let (generation, words) = self.live.get().read();
+                    self.state.generation = FenceEpoch::from_value(generation);
+                    self.state.locator = L::from_words(words);
+                }
+                Err(e.into())
+            }
+        }
+    }
+
+    /// What this writer believes current.
+    pub fn state(&self) -> &HandoffState<L> {
+        &self.state
+    }
+
+    /// The block lease, for a reader.
+    pub fn into_block_lease(self) -> BlockLease {
+        self.lease
+    }
+}
+
+/// Reads the current locator, and waits for newer ones.
+pub struct HandoffReader<L: HandoffLocator> {
+    lease: BlockLease,
+    live: Mapped<HandoffControl>,
+    durable: Durable<HandoffState<L>>,
+}
+
+impl<L: HandoffLocator> std::fmt::Debug for HandoffReader<L> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("HandoffReader")
+            .field("lease", &self.lease.lease_id())
+            .finish()
+    }
+}
+
+impl<L: HandoffLocator> HandoffReader<L> {
+    /// A reader of the record kept on `lease`.
+    ///
+    /// # Errors
+    /// If the live segment or the durable copy cannot be opened.
+    pub fn new(lease: BlockLease) -> Result<HandoffReader<L>> {
+        let live = live(&lease)?;
+        let durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Never)?;
+        Ok(HandoffReader {
+            lease,
+            live,
+            durable,
+        })
+    }
+
+    /// The current state: the newer of the live record and the durable
+    /// copy (the live one is gone after a reboot, or new and empty).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if nothing was ever published; the lease's and
+    /// the file's errors.
+    pub fn current(&mut self) -> Result<HandoffState<L>> {
+        self.lease.check()?;
+        let (generation, words) = self.live.get().read();
+        let stored = self.durable.load()?;
+        match stored {
+            Some(state) if state.generation.value() >= generation => Ok(state),
+            _ if generation > 0 => Ok(HandoffState {
+                stage_id: stored.map_or(0, |s| s.stage_id),
+                generation: FenceEpoch::from_value(generation),
+                locator: L::from_words(words),
+            }),
+            _ => Err(FabricError::InvalidArgument(format!(
+                "nothing published yet on handoff lease {}",
+                self.lease.lease_id()
+            ))),
+        }
+    }
+
+    /// The live generation (one atomic load).
+    pub fn generation(&self) -> FenceEpoch {
+        FenceEpoch::from_value(self.live.get().generation())
+    }
+
+    /// Waits until a generation newer than `cached` is current, or
+    /// `timeout` passes; returns the current state either way.
+    ///
+    /// # Errors
+    /// As [`HandoffReader::current`].
+    pub fn wait_newer(
+        &mut self,
+        cached: FenceEpoch,
+        timeout: Option<Duration>,
+    ) -> Result<HandoffState<L>> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            let word = low_half(self.live.get()).load(std::sync::atomic::Ordering::Acquire);
+            if self.generation().is_stale(&cached) || deadline.is_some_and(|d| Instant::now() >= d)
+            {
+                return self.current();
+            }
+            // The word's low half changes with every publication (BUSY is
+            // set and cleared), so a wake-up is never missed for long; the
+            // slice bounds a wait on a word that changed before we slept.
+            let slice = Instant::now() + Duration::from_millis(10);
+            LinuxFutex.wait(
+                low_half(self.live.get()),
+                word,
+                Some(deadline.map_or(slice, |d| d.min(slice))),
+            );
+        }
+    }
+
+    /// The block lease.
+    pub fn block_lease(&self) -> &BlockLease {
+        &self.lease
+    }
+}
+
+/// The low half of the handoff word, the futex sleepers wait on.
+fn low_half(control: &HandoffControl) -> &AtomicU32 {
+    // SAFETY: the word is an 8-aligned AtomicU64 inside `control`, living
+    // as long as it; on the little-endian machines grafos runs on, its
+    // first four bytes are its low half, a valid 4-aligned AtomicU32. The
+    // view is only loaded, waited on and woken; every store goes through
+    // the 64-bit word (see `SegmentHeader::fence_futex` for the same view).
+    unsafe { &*std::ptr::from_ref(control.word()).cast::<AtomicU32>() }
+}
