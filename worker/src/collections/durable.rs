@@ -411,11 +411,25 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("truncated"), "{e}");
-        std::fs::write(&path, [0u8; 200]).unwrap();
+        std::fs::write(&path, [0xABu8; 200]).unwrap();
         let e = Durable::<u64>::open(&path, 32, SyncPolicy::Never)
             .unwrap_err()
             .to_string();
         assert!(e.contains("not a grafos checkpoint file"), "{e}");
+        std::fs::remove_file(&path).unwrap();
+    }
+
+    #[test]
+    fn a_zero_filled_file_is_formatted_in_place() {
+        // A pre-allocated block lease: zeroes, larger than needed.
+        let path = temp("zeroes");
+        std::fs::write(&path, vec![0u8; 16 * 1024]).unwrap();
+        let mut d: Durable<u64> = Durable::open(&path, 32, SyncPolicy::Never).unwrap();
+        assert_eq!(d.load().unwrap(), None);
+        d.checkpoint(&5).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 16 * 1024);
+        let mut again: Durable<u64> = Durable::open(&path, 32, SyncPolicy::Never).unwrap();
+        assert_eq!(again.load().unwrap(), Some(5));
         std::fs::remove_file(&path).unwrap();
     }
 
