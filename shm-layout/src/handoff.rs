@@ -39,6 +39,9 @@ const GEN_SHIFT: u32 = 24;
 pub struct HandoffControl {
     word: AtomicU64,
     slots: [[AtomicU64; SLOT_WORDS]; 2],
+    /// The BUSY publisher's full identity (pid and start time), stored
+    /// right after its claim, so a recycled pid is not taken for it.
+    owner: AtomicU64,
 }
 
 #[cfg(not(loom))]
@@ -90,6 +93,7 @@ impl HandoffControl {
         HandoffControl {
             word: AtomicU64::new(0),
             slots: std::array::from_fn(|_| std::array::from_fn(|_| AtomicU64::new(0))),
+            owner: AtomicU64::new(0),
         }
     }
 
@@ -125,8 +129,15 @@ impl HandoffControl {
     }
 
     /// Publishes `locator` as generation `expected + 1`, if `expected` is
-    /// current; `pid` is the publisher's, and `is_dead` judges a BUSY
-    /// publisher found in the way (its publication is then reverted).
+    /// current. `pid` and `identity` are the publisher's (its pid, and its
+    /// full identity for a later judge); `is_dead(pid, identity)` judges a
+    /// BUSY publisher found in the way (identity 0 if it had not stored
+    /// it yet), whose publication is then reverted.
+    ///
+    /// The revert is safe only for a publisher that is really dead: its
+    /// process is gone, so none of its stores is still to come (process
+    /// exit orders them before the judge's observation of the death, which
+    /// the memory model itself does not express).
     ///
     /// # Errors
     /// `Conflict` if another generation is current (before or during this
@@ -136,10 +147,70 @@ impl HandoffControl {
         &self,
         expected: u64,
         locator: [u64; SLOT_WORDS],
-        pid: u32,
-        is_dead: impl Fn(u32) -> bool,
+        (pid, identity): (u32, u64),
+        is_dead: impl Fn(u32, u64) -> bool,
     ) -> Result<u64, HandoffError> {
-        if expected >= MAX_GENERATION || u64::from(pid) > PID_MASK || pid == 0 {
+        self.claim_and_write(
+            expected,
+            expected.saturating_add(1),
+            locator,
+            (pid, identity),
+            is_dead,
+        )
+    }
+
+    /// Restores a record made anew (still at generation 0, nothing
+    /// published on it) to generation `generation` from its durable copy,
+    /// so the generation never goes back when the shared-memory record was
+    /// lost.
+    ///
+    /// # Errors
+    /// As [`HandoffControl::publish`] (`Conflict` if something was
+    /// published or restored first); `OutOfRange` for generation 0.
+    pub fn restore(
+        &self,
+        generation: u64,
+        locator: [u64; SLOT_WORDS],
+        publisher: (u32, u64),
+        is_dead: impl Fn(u32, u64) -> bool,
+    ) -> Result<u64, HandoffError> {
+        // At generation 0 nothing was ever published, so writing the live
+        // slot (when `generation` is even) tears nothing a reader could use.
+        self.claim_and_write(0, generation, locator, publisher, is_dead)
+    }
+
+    /// A publisher that dies mid-publication, for the models: claims
+    /// generation `expected + 1` as `pid`, writes the first `words` words
+    /// of its locator, and stops.
+    #[cfg(loom)]
+    pub fn claim_and_abandon(
+        &self,
+        expected: u64,
+        locator: [u64; SLOT_WORDS],
+        pid: u32,
+        words: usize,
+    ) {
+        let idle = expected << GEN_SHIFT;
+        let busy = idle | (u64::from(pid) << PID_SHIFT) | BUSY;
+        self.word
+            .compare_exchange(idle, busy, Ordering::Acquire, Ordering::Relaxed)
+            .expect("the abandoned claim is made on an idle record");
+        fence(Ordering::Release);
+        let slot = &self.slots[((expected + 1) % 2) as usize];
+        for (cell, value) in slot.iter().zip(locator).take(words) {
+            cell.store(value, Ordering::Relaxed);
+        }
+    }
+
+    fn claim_and_write(
+        &self,
+        expected: u64,
+        next: u64,
+        locator: [u64; SLOT_WORDS],
+        (pid, identity): (u32, u64),
+        is_dead: impl Fn(u32, u64) -> bool,
+    ) -> Result<u64, HandoffError> {
+        if next <= expected || next > MAX_GENERATION || u64::from(pid) > PID_MASK || pid == 0 {
             return Err(HandoffError::OutOfRange);
         }
         let idle = expected << GEN_SHIFT;
@@ -153,7 +224,14 @@ impl HandoffControl {
             }
             if word & BUSY != 0 {
                 let holder = ((word >> PID_SHIFT) & PID_MASK) as u32;
-                if !is_dead(holder) {
+                let owner = self.owner.load(Ordering::Acquire);
+                // The owner word is the holder's only once it stored it.
+                let owner = if (owner >> 40) as u32 == holder {
+                    owner
+                } else {
+                    0
+                };
+                if !is_dead(holder, owner) {
                     return Err(HandoffError::Busy { pid: holder });
                 }
                 // Its publication never finished: the live slot is intact.
@@ -177,10 +255,10 @@ impl HandoffControl {
                 break;
             }
         }
+        self.owner.store(identity, Ordering::Release);
         // Release fence: a reader that sees any of the slot stores below
         // also sees the BUSY claim above (see `read`).
         fence(Ordering::Release);
-        let next = expected + 1;
         let target = if mutant::active(Mutant::HandoffWriteLiveSlot) {
             expected % 2
         } else {
@@ -218,17 +296,17 @@ mod tests {
     fn publications_advance_and_conflicts_are_refused() {
         let h = HandoffControl::new();
         assert_eq!(h.read(), (0, [0; SLOT_WORDS]));
-        assert_eq!(h.publish(0, [1, 2, 3, 4], 7, |_| false), Ok(1));
+        assert_eq!(h.publish(0, [1, 2, 3, 4], (7, 0), |_, _| false), Ok(1));
         assert_eq!(h.read(), (1, [1, 2, 3, 4]));
         // A writer that restarted believing generation 0 cannot roll back.
         assert_eq!(
-            h.publish(0, [9; SLOT_WORDS], 8, |_| false),
+            h.publish(0, [9; SLOT_WORDS], (8, 0), |_, _| false),
             Err(HandoffError::Conflict { current: 1 })
         );
-        assert_eq!(h.publish(1, [5, 6, 7, 8], 7, |_| false), Ok(2));
+        assert_eq!(h.publish(1, [5, 6, 7, 8], (7, 0), |_, _| false), Ok(2));
         assert_eq!(h.read(), (2, [5, 6, 7, 8]));
         assert_eq!(
-            h.publish(2, [0; 4], 0, |_| false),
+            h.publish(2, [0; 4], (0, 0), |_, _| false),
             Err(HandoffError::OutOfRange)
         );
     }
@@ -236,17 +314,60 @@ mod tests {
     #[test]
     fn a_dead_publishers_claim_is_reverted_and_a_live_ones_waited_for() {
         let h = HandoffControl::new();
-        h.publish(0, [1; SLOT_WORDS], 7, |_| false).unwrap();
+        h.publish(0, [1; SLOT_WORDS], (7, 0), |_, _| false).unwrap();
         // Publisher 9 claimed generation 1 -> 2, wrote half a slot, died.
         h.word
             .store(1 << GEN_SHIFT | 9 << PID_SHIFT | BUSY, Ordering::Relaxed);
         h.slots[0][0].store(42, Ordering::Relaxed);
         assert_eq!(h.read(), (1, [1; SLOT_WORDS]), "readers see the live slot");
         assert_eq!(
-            h.publish(1, [2; SLOT_WORDS], 7, |_| false),
+            h.publish(1, [2; SLOT_WORDS], (7, 0), |_, _| false),
             Err(HandoffError::Busy { pid: 9 })
         );
-        assert_eq!(h.publish(1, [2; SLOT_WORDS], 7, |pid| pid == 9), Ok(2));
+        assert_eq!(
+            h.publish(1, [2; SLOT_WORDS], (7, 0), |pid, _| pid == 9),
+            Ok(2)
+        );
         assert_eq!(h.read(), (2, [2; SLOT_WORDS]));
+    }
+
+    #[test]
+    fn a_new_record_restores_to_a_later_generation_once() {
+        let h = HandoffControl::new();
+        assert_eq!(
+            h.restore(0, [0; 4], (7, 0), |_, _| false),
+            Err(HandoffError::OutOfRange)
+        );
+        assert_eq!(h.restore(4, [4; SLOT_WORDS], (7, 0), |_, _| false), Ok(4));
+        assert_eq!(h.read(), (4, [4; SLOT_WORDS]));
+        assert_eq!(
+            h.restore(9, [9; SLOT_WORDS], (7, 0), |_, _| false),
+            Err(HandoffError::Conflict { current: 4 })
+        );
+        assert_eq!(h.publish(4, [5; SLOT_WORDS], (7, 0), |_, _| false), Ok(5));
+        assert_eq!(h.read(), (5, [5; SLOT_WORDS]));
+    }
+
+    #[test]
+    fn a_busy_publisher_is_judged_by_its_full_identity() {
+        let h = HandoffControl::new();
+        h.publish(0, [1; SLOT_WORDS], (7, 0), |_, _| false).unwrap();
+        // Publisher 9 (identity 9 << 40 | 1234) claimed and died.
+        h.word
+            .store(1 << GEN_SHIFT | 9 << PID_SHIFT | BUSY, Ordering::Relaxed);
+        h.owner.store(9 << 40 | 1234, Ordering::Relaxed);
+        let judged = std::cell::Cell::new((0, 0));
+        let _ = h.publish(1, [2; SLOT_WORDS], (7, 0), |pid, who| {
+            judged.set((pid, who));
+            false
+        });
+        assert_eq!(judged.get(), (9, 9 << 40 | 1234));
+        // An owner word of another pid is not this holder's.
+        h.owner.store(8 << 40 | 1, Ordering::Relaxed);
+        let _ = h.publish(1, [2; SLOT_WORDS], (7, 0), |pid, who| {
+            judged.set((pid, who));
+            false
+        });
+        assert_eq!(judged.get(), (9, 0));
     }
 }

@@ -21,6 +21,11 @@
 #![deny(unsafe_op_in_unsafe_fn)]
 #![warn(clippy::undocumented_unsafe_blocks, missing_docs)]
 
+// Every shared layout (and the futex views of 64-bit words) is
+// little-endian.
+#[cfg(target_endian = "big")]
+compile_error!("grafos's shared-memory layouts are little-endian");
+
 pub mod block;
 pub mod collections;
 pub mod control;

@@ -166,6 +166,8 @@ pub struct SegmentSpec {
 pub struct Segment {
     name: SegmentName,
     map: MmapRaw,
+    /// The inode mapped, to tell whether the name still leads to it.
+    inode: u64,
 }
 
 impl std::fmt::Debug for Segment {
@@ -230,6 +232,7 @@ impl Segment {
         let segment = Segment {
             name: name.clone(),
             map,
+            inode: inode(&fd, name)?,
         };
         let fields = HeaderFields::new(
             spec.kind,
@@ -296,6 +299,7 @@ impl Segment {
         let segment = Segment {
             name: name.clone(),
             map: map(&fd, size, name)?,
+            inode: inode(&fd, name)?,
         };
         if segment.header().fence().generation == 0 {
             return Err(layout(LayoutError::Uninitialized));
@@ -313,6 +317,13 @@ impl Segment {
             Errno::NOENT => FabricError::NotFound(name.to_string()),
             e => FabricError::io("shm_unlink", name.as_str(), e),
         })
+    }
+
+    /// Whether the segment's name still leads to this mapping (it was not
+    /// unlinked, or unlinked and made again by someone else).
+    pub fn is_current(&self) -> bool {
+        rustix::fs::stat(format!("/dev/shm/{}", self.name.as_str()))
+            .is_ok_and(|st| st.st_ino == self.inode)
     }
 
     /// The segment's name.
@@ -384,6 +395,12 @@ impl Segment {
         let start = unsafe { self.body().add(control as usize) };
         Ok((start, len))
     }
+}
+
+fn inode(fd: &OwnedFd, name: &SegmentName) -> Result<u64> {
+    Ok(rustix::fs::fstat(fd)
+        .map_err(|e| FabricError::io("fstat", name.as_str(), e))?
+        .st_ino)
 }
 
 fn map(fd: &OwnedFd, len: u64, name: &SegmentName) -> Result<MmapRaw> {

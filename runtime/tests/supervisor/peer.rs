@@ -8,7 +8,8 @@
 //! `claim QUEUE` (hold an unpublished claim on a queue of the instance),
 //! `attach`; and for handoff records `handoff-writer BLOCKS` (a new record
 //! on a new block lease), `handoff-publish LEASE OFFSET`, `handoff-open
-//! BLOCK_LEASE` (a reader), `handoff-read`, `handoff-wait GENERATION MS`,
+//! BLOCK_LEASE` (a reader), `handoff-read`, `handoff-gen` (the live
+//! generation only), `handoff-wait GENERATION MS`,
 //! `handoff-stale-writer LEASE` (a writer that believes generation 0
 //! publishes).
 
@@ -241,6 +242,13 @@ fn handoff(instance: &str, words: &[&str], h: &mut Handoffs) -> Result<String> {
             Ok(String::new())
         }
         "handoff-read" => Ok(show(&h.reader.as_mut().ok_or_else(missing)?.current()?)),
+        "handoff-gen" => Ok(h
+            .reader
+            .as_ref()
+            .ok_or_else(missing)?
+            .generation()
+            .value()
+            .to_string()),
         "handoff-wait" => {
             let reader = h.reader.as_mut().ok_or_else(missing)?;
             let cached = FenceEpoch::from_value(num(words, 1)?);

@@ -624,6 +624,20 @@ fn handoff_across_processes() {
     let mut cold = instance.peer();
     cold.ok(&format!("handoff-open {block}"));
     assert_eq!(cold.ok("handoff-read"), "2 101 0");
+    // The recreated live record starts from the durable generation: a
+    // writer believing 0 still cannot publish generation 1 over it.
+    let refused = stale
+        .cmd(&format!("handoff-stale-writer {block}"))
+        .unwrap_err();
+    assert!(
+        refused.contains("generation 2 was published first"),
+        "{refused}"
+    );
+    // The writer notices its segment is gone and publishes on the new one,
+    // where readers wait.
+    assert_eq!(writer.ok("handoff-publish 102 0"), "3");
+    assert_eq!(cold.ok("handoff-gen"), "3");
+    assert_eq!(cold.ok("handoff-read"), "3 102 0");
     drop((writer, reader, stale, cold));
     assert!(instance.grafos(&["down"]).status.success());
     instance.assert_clean();

@@ -147,6 +147,17 @@ impl<T: Serialize + DeserializeOwned> Durable<T> {
     /// `Codec` if it does not encode; `InvalidArgument` if it is larger
     /// than the file's slots; `Io`.
     pub fn checkpoint(&mut self, value: &T) -> Result<()> {
+        // Several processes may checkpoint one file (writers of one
+        // handoff record): one at a time, each after a fresh look at which
+        // slot holds the newest.
+        rustix::fs::flock(&self.file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| self.io("flock", e.into()))?;
+        let result = self.scan().and_then(|()| self.write(value));
+        let _ = rustix::fs::flock(&self.file, rustix::fs::FlockOperation::Unlock);
+        result
+    }
+
+    fn write(&mut self, value: &T) -> Result<()> {
         let payload =
             postcard::to_allocvec(value).map_err(|e| FabricError::Codec(e.to_string()))?;
         let max = self.slot_size - SLOT_HEADER;
@@ -157,7 +168,10 @@ impl<T: Serialize + DeserializeOwned> Durable<T> {
                 self.path.display()
             )));
         }
-        let seq = self.newest + 1;
+        let seq = self
+            .newest
+            .checked_add(1)
+            .ok_or_else(|| FabricError::InvalidArgument("checkpoint sequence exhausted".into()))?;
         let slot = 1 - self.newest_slot;
         let mut record = Vec::with_capacity(SLOT_HEADER as usize + payload.len());
         record.extend_from_slice(&seq.to_le_bytes());

@@ -21,7 +21,7 @@
 //! let initial = HandoffState { stage_id: 1, generation: FenceEpoch::zero(), locator };
 //! let mut writer = HandoffWriter::new(initial, lease)?;
 //! writer.publish(locator)?;
-//! let reader: HandoffReader<QueueLocator> = HandoffReader::new(writer.into_block_lease())?;
+//! let mut reader: HandoffReader<QueueLocator> = HandoffReader::new(writer.into_block_lease())?;
 //! assert_eq!(reader.current()?.locator, locator);
 //! # Ok(()) }
 //! ```
@@ -29,7 +29,7 @@
 use std::sync::atomic::AtomicU32;
 use std::time::{Duration, Instant};
 
-use grafos_shm_layout::handoff::{HandoffControl, SLOT_WORDS};
+use grafos_shm_layout::handoff::{HandoffControl, HandoffError, SLOT_WORDS};
 use grafos_shm_layout::wait::Futex;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -77,6 +77,66 @@ pub struct HandoffState<L> {
     pub locator: L,
 }
 
+/// The live part of a record, raised to the durable copy's generation if
+/// it was made anew (its segment lost): the generation never goes back.
+fn live_at_least<L: HandoffLocator>(
+    lease: &BlockLease,
+    durable: &mut Durable<HandoffState<L>>,
+) -> Result<Mapped<HandoffControl>> {
+    let live = live(lease)?;
+    let Some(state) = durable.load()? else {
+        return Ok(live);
+    };
+    let stored = state.generation.value();
+    let deadline = Instant::now() + RESTORE_WAIT;
+    loop {
+        let current = live.get().generation();
+        if current >= stored {
+            return Ok(live);
+        }
+        if current > 0 {
+            return Err(FabricError::Refused(format!(
+                "handoff record of lease {} forked: live generation {current}, durable {stored}",
+                lease.lease_id()
+            )));
+        }
+        match live
+            .get()
+            .restore(stored, state.locator.to_words(), me(), is_dead)
+        {
+            Ok(_) => {
+                LinuxFutex.wake_all(low_half(live.get()));
+                return Ok(live);
+            }
+            // Someone else restored or published first: look again.
+            Err(HandoffError::Conflict { .. }) => {}
+            Err(HandoffError::Busy { pid }) if Instant::now() < deadline => {
+                tracing::debug!(pid, "waiting for a handoff restore in progress");
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => return Err(e.into()),
+        }
+    }
+}
+
+/// How long opening a record waits for another process's restore.
+const RESTORE_WAIT: Duration = Duration::from_secs(2);
+
+/// This process as a handoff publisher: its pid and full identity.
+fn me() -> (u32, u64) {
+    (std::process::id(), ProcessId::current().pack())
+}
+
+/// Whether a BUSY publisher found in the way is gone: by its full
+/// identity once it stored it (a recycled pid is not it), else by pid.
+fn is_dead(pid: u32, identity: u64) -> bool {
+    if identity != 0 {
+        !ProcessId::unpack(identity).is_alive()
+    } else {
+        ProcessId::of(pid).is_none()
+    }
+}
+
 /// The live part of a record: its segment, created by whoever comes
 /// first.
 fn live(lease: &BlockLease) -> Result<Mapped<HandoffControl>> {
@@ -117,8 +177,8 @@ impl<L: HandoffLocator> HandoffWriter<L> {
     /// # Errors
     /// If the live segment or the durable copy cannot be opened.
     pub fn new(initial: HandoffState<L>, lease: BlockLease) -> Result<HandoffWriter<L>> {
-        let live = live(&lease)?;
-        let durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Never)?;
+        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
+        let live = live_at_least(&lease, &mut durable)?;
         Ok(HandoffWriter {
             state: initial,
             lease,
@@ -137,12 +197,16 @@ impl<L: HandoffLocator> HandoffWriter<L> {
     /// errors.
     pub fn publish(&mut self, locator: L) -> Result<FenceEpoch> {
         self.lease.check()?;
-        let me = std::process::id();
+        if !self.live.segment().is_current() {
+            // Its segment was removed (and maybe made again): publishing
+            // there would reach nobody.
+            self.live = live_at_least(&self.lease, &mut self.durable)?;
+        }
         let published = self.live.get().publish(
             self.state.generation.value(),
             locator.to_words(),
-            me,
-            |pid| ProcessId::of(pid).is_none(),
+            me(),
+            is_dead,
         );
         match published {
             Ok(generation) => {
@@ -150,12 +214,29 @@ impl<L: HandoffLocator> HandoffWriter<L> {
                 self.state.generation = FenceEpoch::from_value(generation);
                 self.state.locator = locator;
                 // The durable copy, after the CAS: a crash between the two
-                // leaves the live word newer, which readers prefer.
-                self.durable.checkpoint(&self.state)?;
+                // leaves the live record newer, which readers prefer. A
+                // failure here leaves the publication made (readers have
+                // it) and the durable copy one behind until the next one.
+                let newer = self
+                    .durable
+                    .load()
+                    .map(|stored| stored.is_none_or(|s| s.generation < self.state.generation));
+                if let Err(e) = newer.and_then(|newer| {
+                    if newer {
+                        self.durable.checkpoint(&self.state)
+                    } else {
+                        Ok(())
+                    }
+                }) {
+                    tracing::error!(
+                        generation,
+                        "handoff published, but its durable copy was not written: {e}"
+                    );
+                }
                 Ok(self.state.generation)
             }
             Err(e) => {
-                if let grafos_shm_layout::handoff::HandoffError::Conflict { .. } = e {
+                if let HandoffError::Conflict { .. } = e {
                     let (generation, words) = self.live.get().read();
                     self.state.generation = FenceEpoch::from_value(generation);
                     self.state.locator = L::from_words(words);
@@ -197,8 +278,8 @@ impl<L: HandoffLocator> HandoffReader<L> {
     /// # Errors
     /// If the live segment or the durable copy cannot be opened.
     pub fn new(lease: BlockLease) -> Result<HandoffReader<L>> {
-        let live = live(&lease)?;
-        let durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Never)?;
+        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
+        let live = live_at_least(&lease, &mut durable)?;
         Ok(HandoffReader {
             lease,
             live,
@@ -214,10 +295,13 @@ impl<L: HandoffLocator> HandoffReader<L> {
     /// the file's errors.
     pub fn current(&mut self) -> Result<HandoffState<L>> {
         self.lease.check()?;
+        if !self.live.segment().is_current() {
+            self.live = live_at_least(&self.lease, &mut self.durable)?;
+        }
         let (generation, words) = self.live.get().read();
         let stored = self.durable.load()?;
         match stored {
-            Some(state) if state.generation.value() >= generation => Ok(state),
+            Some(state) if state.generation.value() > generation => Ok(state),
             _ if generation > 0 => Ok(HandoffState {
                 stage_id: stored.map_or(0, |s| s.stage_id),
                 generation: FenceEpoch::from_value(generation),
@@ -247,18 +331,23 @@ impl<L: HandoffLocator> HandoffReader<L> {
     ) -> Result<HandoffState<L>> {
         let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
         loop {
-            let word = low_half(self.live.get()).load(std::sync::atomic::Ordering::Acquire);
-            if self.generation().is_stale(&cached) || deadline.is_some_and(|d| Instant::now() >= d)
-            {
-                return self.current();
+            // The expected futex value comes from the same 64-bit load
+            // that gives the generation: every publication changes it.
+            let word = self
+                .live
+                .get()
+                .word()
+                .load(std::sync::atomic::Ordering::Acquire);
+            let now = self.current()?;
+            if now.generation.is_stale(&cached) || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(now);
             }
-            // The word's low half changes with every publication (BUSY is
-            // set and cleared), so a wake-up is never missed for long; the
-            // slice bounds a wait on a word that changed before we slept.
-            let slice = Instant::now() + Duration::from_millis(10);
+            // A slice bounds the wait on a record whose segment was made
+            // again (its wake-ups go to the new one).
+            let slice = Instant::now() + Duration::from_millis(100);
             LinuxFutex.wait(
                 low_half(self.live.get()),
-                word,
+                word as u32,
                 Some(deadline.map_or(slice, |d| d.min(slice))),
             );
         }
@@ -273,9 +362,12 @@ impl<L: HandoffLocator> HandoffReader<L> {
 /// The low half of the handoff word, the futex sleepers wait on.
 fn low_half(control: &HandoffControl) -> &AtomicU32 {
     // SAFETY: the word is an 8-aligned AtomicU64 inside `control`, living
-    // as long as it; on the little-endian machines grafos runs on, its
-    // first four bytes are its low half, a valid 4-aligned AtomicU32. The
-    // view is only loaded, waited on and woken; every store goes through
-    // the 64-bit word (see `SegmentHeader::fence_futex` for the same view).
+    // as long as it; on a little-endian machine (the crate refuses to
+    // build elsewhere) its first four bytes are its low half, a valid
+    // 4-aligned AtomicU32. Rust's memory model does not define mixed-size
+    // atomic accesses; this view is only handed to the kernel as a futex
+    // address (FUTEX_WAIT reads the 32-bit word atomically, FUTEX_WAKE
+    // reads nothing) and never loaded or stored by us: the value compared
+    // comes from a 64-bit load, as `SegmentHeader::fence_futex` does.
     unsafe { &*std::ptr::from_ref(control.word()).cast::<AtomicU32>() }
 }
