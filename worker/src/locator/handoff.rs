@@ -8,7 +8,9 @@
 //! instead of rolling the generation back. After the CAS the writer
 //! checkpoints the state into the block lease's file (A/B slots, sequence,
 //! CRC, `pwrite`) as the durable copy; a reader takes the newer of the two,
-//! so it finds the locator even when the segment is gone.
+//! so it finds the locator even when the segment is gone. The record owns
+//! its block lease: its durable copy sits at the start of the lease's
+//! file, so nothing else should `write_at` that lease.
 //!
 //! ```no_run
 //! use grafos_worker::block::BlockBuilder;
