@@ -317,12 +317,27 @@ fn one_for_all() {
         .iter()
         .rposition(|l| l.starts_with("drained "))
         .unwrap();
-    let restarts: Vec<&str> = events[last_drain..]
+    let mut restarts: Vec<&str> = events[last_drain..]
         .iter()
         .filter_map(|l| l.strip_prefix("start "))
         .filter_map(|l| l.split_whitespace().next())
         .collect();
+    restarts.sort_unstable();
     assert_eq!(restarts, ["a", "b", "c"], "{events:?}");
+    // They were started in order (the order they log in is the
+    // scheduler's): pids are handed out in order, barring a wrap-around.
+    let new: Vec<u64> = ["a", "b", "c"]
+        .iter()
+        .map(|id| pid_of(&after, id))
+        .collect();
+    let old_max = ["a", "b", "c"]
+        .iter()
+        .map(|id| pid_of(&before, id))
+        .max()
+        .unwrap();
+    if new.iter().all(|&p| p > old_max) {
+        assert!(new[0] < new[1] && new[1] < new[2], "start order: {new:?}");
+    }
     drop(run);
     instance.assert_clean_eventually();
     assert_workers_gone(&events, &instance);
