@@ -329,11 +329,35 @@ fn slot_crc(seq: u64, payload: &[u8]) -> u32 {
 mod tests {
     use super::*;
 
-    fn temp(tag: &str) -> PathBuf {
+    /// A temporary file path, removed when dropped (a failing test leaves
+    /// nothing behind).
+    struct Temp(PathBuf);
+
+    impl std::ops::Deref for Temp {
+        type Target = PathBuf;
+
+        fn deref(&self) -> &PathBuf {
+            &self.0
+        }
+    }
+
+    impl AsRef<Path> for Temp {
+        fn as_ref(&self) -> &Path {
+            &self.0
+        }
+    }
+
+    impl Drop for Temp {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+        }
+    }
+
+    fn temp(tag: &str) -> Temp {
         let path =
             std::env::temp_dir().join(format!("grafos-durable-{tag}-{}", std::process::id()));
         let _ = std::fs::remove_file(&path);
-        path
+        Temp(path)
     }
 
     /// Bytes of the slot holding the newest checkpoint, as written.
@@ -368,7 +392,8 @@ mod tests {
         let slot_size = d.slot_size;
         // The next checkpoint (9) would go to slot 0 with seq 3: write what
         // it would write, cut short at every length, and scribble it.
-        let mut probe: Durable<u64> = Durable::open(temp("probe"), 32, SyncPolicy::Never).unwrap();
+        let probe_path = temp("probe");
+        let mut probe: Durable<u64> = Durable::open(&probe_path, 32, SyncPolicy::Never).unwrap();
         probe.checkpoint(&0).unwrap();
         probe.checkpoint(&0).unwrap();
         probe.checkpoint(&9).unwrap();
