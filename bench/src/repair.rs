@@ -46,7 +46,7 @@ pub(crate) fn repair_table(kills: usize) {
     };
     let supervisor = Supervisor::start(paths.clone(), config).expect("supervisor");
     let listener = serve::bind(&paths.socket()).expect("control socket");
-    let served = std::thread::spawn(move || serve::serve(supervisor, listener));
+    let served = std::thread::spawn(move || serve::serve(supervisor, listener, None));
     let name = SegmentName::new(&instance, "jobs").expect("name");
     let queue = FabricQueue::create(&name, &QueueConfig::new(1024, 64)).expect("queue");
     let mut times = Vec::with_capacity(kills);

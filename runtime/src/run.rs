@@ -5,10 +5,10 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use grafos_worker::control::{Connection, Reply, Request};
+use grafos_worker::drain::Drain;
 use grafos_worker::instance::InstancePaths;
 
 use crate::group::{GroupStatus, read_status};
@@ -17,12 +17,6 @@ use crate::up;
 
 /// How often the group's state is looked at.
 const FOLLOW_PERIOD: Duration = Duration::from_millis(50);
-
-static INTERRUPTED: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_interrupt(_: libc::c_int) {
-    INTERRUPTED.store(true, Ordering::Relaxed);
-}
 
 /// Runs the topology in `file`; returns whether the group ended well
 /// (every worker finished, or stopped on request).
@@ -80,20 +74,12 @@ fn follow(paths: &InstancePaths, text: String, dir: &Path) -> Result<bool, Strin
             dir: dir.display().to_string(),
         })
         .map_err(|e| e.to_string())?;
-    for signal in [libc::SIGINT, libc::SIGTERM] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe);
-        // the sigaction struct is fully initialised from zeroes.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_interrupt as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
+    // Ctrl-C (or SIGTERM) stops the group instead of ending this process.
+    let interrupt = Drain::install().map_err(|e| e.to_string())?;
     let mut shown: BTreeMap<String, String> = BTreeMap::new();
     let mut stop_sent = false;
     loop {
-        if INTERRUPTED.load(Ordering::Relaxed) && !stop_sent {
+        if interrupt.requested() && !stop_sent {
             println!(
                 "stopping the workers (reverse order; SIGTERM, then SIGKILL after the grace period)"
             );

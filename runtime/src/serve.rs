@@ -10,11 +10,11 @@
 use std::collections::BTreeMap;
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use grafos_worker::FabricError;
 use grafos_worker::control::MAX_MESSAGE;
+use grafos_worker::drain::Drain;
 use grafos_worker::host::unix_time_ms;
 use grafos_worker::process::ProcessId;
 use rustix::event::{PollFd, PollFlags};
@@ -34,28 +34,6 @@ const RESERVED_FDS: u64 = 64;
 const IDLE_LIMIT: Duration = Duration::from_secs(30);
 /// How long the listener rests after running out of file descriptors.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
-
-/// Set by SIGTERM / SIGINT.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_stop_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Makes SIGTERM and SIGINT end [`serve`] (cleanly, as `grafos down`
-/// does).
-pub fn install_stop_handlers() {
-    for signal in [libc::SIGTERM, libc::SIGINT] {
-        // SAFETY: the handler only stores to an atomic (async-signal-safe);
-        // the sigaction struct is fully initialised from zeroes.
-        unsafe {
-            let mut action: libc::sigaction = std::mem::zeroed();
-            action.sa_sigaction = on_stop_signal as *const () as usize;
-            libc::sigemptyset(&mut action.sa_mask);
-            libc::sigaction(signal, &action, std::ptr::null_mut());
-        }
-    }
-}
 
 /// Binds the control socket at `path` (mode 0600, close-on-exec,
 /// non-blocking), replacing a stale one.
@@ -112,16 +90,16 @@ struct Connection {
 /// counts as a detach.
 const DEPARTURE_WINDOW: Duration = Duration::from_secs(1);
 
-/// Serves until a `Shutdown` request or a stop signal, then shuts the
-/// supervisor down.
-pub fn serve(mut supervisor: Supervisor, listener: OwnedFd) {
+/// Serves until a `Shutdown` request or, if `stop` is given, a stop
+/// signal (SIGTERM, SIGINT), then shuts the supervisor down.
+pub fn serve(mut supervisor: Supervisor, listener: OwnedFd, stop: Option<Drain>) {
     let max_connections = connection_limit();
     let mut connections: BTreeMap<u64, Connection> = BTreeMap::new();
     let mut next_id = 0u64;
     let mut next_tick = Instant::now();
     let mut accept_paused_until = None;
     while !supervisor.finished() {
-        if STOP.load(Ordering::Relaxed) {
+        if stop.is_some_and(|s| s.requested()) {
             supervisor.request_shutdown();
         }
         // The poll set: the listener (unless resting), then each

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use grafos_worker::FabricError;
 use grafos_worker::control::{Connection, Reply, Request};
+use grafos_worker::drain::Drain;
 use grafos_worker::instance::InstancePaths;
 use rustix::fs::FlockOperation;
 
@@ -89,11 +90,12 @@ pub fn run_foreground(
         config.data_dir.as_os_str().as_encoded_bytes(),
     )
     .map_err(|e| format!("cannot record the data dir: {e}"))?;
-    serve::install_stop_handlers();
+    // SIGTERM and SIGINT stop the supervisor as `grafos down` does.
+    let stop = Drain::install().map_err(|e| e.to_string())?;
     let supervisor = Supervisor::start(paths.clone(), config).map_err(|e| e.to_string())?;
     let listener = serve::bind(&paths.socket()).map_err(|e| e.to_string())?;
     ready(&supervisor);
-    serve::serve(supervisor, listener);
+    serve::serve(supervisor, listener, Some(stop));
     remove_runtime_dir(paths);
     drop(lock);
     Ok(())
