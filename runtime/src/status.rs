@@ -9,14 +9,14 @@ use grafos_worker::FabricError;
 use grafos_worker::collections::queue::FabricQueue;
 use grafos_worker::host::unix_time_ms;
 use grafos_worker::instance::InstancePaths;
-use grafos_worker::layout::header::{Expect, SegmentKind};
+use grafos_worker::layout::header::SegmentKind;
 use grafos_worker::layout::registry::{
     Counter, InstanceCounters, Registry, lease_kind, lease_state,
 };
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
-use grafos_worker::segment::{Segment, SegmentName, list_segments};
+use grafos_worker::segment::{list_segments, open_if_kind};
 use serde::Serialize;
 
 use crate::group::{GroupStatus, read_status};
@@ -204,23 +204,10 @@ pub fn read(paths: &InstancePaths) -> Result<Status, FabricError> {
 fn queues(instance: &str) -> Result<Vec<QueueStatus>, FabricError> {
     let mut out = Vec::new();
     for object in list_segments(instance)? {
-        // A name `grafos` would not make is nobody's queue.
-        let Ok(name) = SegmentName::new(instance, &object) else {
+        let Some(queue) = open_if_kind(instance, &object, SegmentKind::Queue) else {
             continue;
         };
-        let expect = Expect {
-            kind: Some(SegmentKind::Queue),
-            ..Expect::default()
-        };
-        let snapshot = match Segment::open(&name, &expect) {
-            Err(FabricError::Layout {
-                source: grafos_worker::layout::LayoutError::KindMismatch { .. },
-                ..
-            })
-            | Err(FabricError::NotFound(_)) => continue,
-            Err(e) => Err(e),
-            Ok(segment) => FabricQueue::inspect(segment),
-        };
+        let snapshot = queue.and_then(FabricQueue::inspect);
         out.push(match snapshot {
             Ok(q) => QueueStatus {
                 name: object,

@@ -31,7 +31,7 @@ use grafos_worker::layout::wait::Futex;
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
-use grafos_worker::segment::{Segment, SegmentSpec, list_segments, unlink_object};
+use grafos_worker::segment::{Segment, SegmentSpec, list_segments, open_if_kind, unlink_object};
 
 /// Longest lease a request may ask for (a week): a lease outlives its
 /// holders until its deadline, so this bounds how long a crashed holder
@@ -1142,20 +1142,12 @@ impl Supervisor {
         let mut repair = false;
         for object in objects {
             if !mapped.contains_key(&object) {
-                let Ok(name) =
-                    grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
-                else {
-                    continue;
-                };
-                let expect = Expect {
-                    kind: Some(SegmentKind::Queue),
-                    ..Expect::default()
-                };
-                match Segment::open(&name, &expect).and_then(FabricQueue::inspector) {
-                    Ok(queue) => {
+                let opened = open_if_kind(self.paths.instance(), &object, SegmentKind::Queue);
+                match opened.map(|queue| queue.and_then(FabricQueue::inspector)) {
+                    Some(Ok(queue)) => {
                         mapped.insert(object.clone(), queue);
                     }
-                    Err(_) => continue,
+                    _ => continue,
                 }
             }
             let claims = mapped[&object].claims();
@@ -1230,36 +1222,25 @@ impl Supervisor {
             }
         };
         for object in objects {
-            let Ok(name) = grafos_worker::segment::SegmentName::new(self.paths.instance(), &object)
+            let Some(queue) = open_if_kind(self.paths.instance(), &object, SegmentKind::Queue)
             else {
                 continue;
             };
-            let expect = Expect {
-                kind: Some(SegmentKind::Queue),
-                ..Expect::default()
-            };
-            let result = Segment::open(&name, &expect).and_then(FabricQueue::repair_dead_in);
-            match result {
+            match queue.and_then(FabricQueue::repair_dead_in) {
                 Ok(report) if report.incarnations > 0 => {
                     let c = self.counters();
                     c.add(Counter::QueueRepairs, report.incarnations);
                     c.add(Counter::ClaimsRepaired, report.claims_tombed);
                     c.add(Counter::ReadsRepaired, report.reads_freed);
                     tracing::info!(
-                        queue = %name,
+                        queue = %object,
                         claims = report.claims_tombed,
                         reads = report.reads_freed,
                         "repaired a dead participant's claims"
                     );
                 }
-                Ok(_)
-                | Err(FabricError::Queue(QueueError::RepairBusy))
-                | Err(FabricError::NotFound(_)) => {}
-                Err(FabricError::Layout {
-                    source: grafos_worker::layout::LayoutError::KindMismatch { .. },
-                    ..
-                }) => {}
-                Err(e) => tracing::warn!(queue = %name, "repair: {e}"),
+                Ok(_) | Err(FabricError::Queue(QueueError::RepairBusy)) => {}
+                Err(e) => tracing::warn!(queue = %object, "repair: {e}"),
             }
         }
     }

@@ -121,6 +121,26 @@ pub fn list_segments(instance: &str) -> Result<Vec<String>> {
     Ok(objects)
 }
 
+/// Opens segment `object` of `instance` if it holds a structure of
+/// `kind`: `None` if it holds another kind, is gone since it was listed,
+/// or has a name grafos would not make; otherwise the segment, or why it
+/// could not be opened (for tools that visit every queue, say).
+pub fn open_if_kind(instance: &str, object: &str, kind: SegmentKind) -> Option<Result<Segment>> {
+    let name = SegmentName::new(instance, object).ok()?;
+    let expect = Expect {
+        kind: Some(kind),
+        ..Expect::default()
+    };
+    match Segment::open(&name, &expect) {
+        Err(FabricError::Layout {
+            source: LayoutError::KindMismatch { .. },
+            ..
+        })
+        | Err(FabricError::NotFound(_)) => None,
+        opened => Some(opened),
+    }
+}
+
 /// Unlinks `/dev/shm/grafos.<instance>.<object>` whatever the object's
 /// characters (for removing what [`list_segments`] found, names that
 /// [`SegmentName`] would refuse included).
