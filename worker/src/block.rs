@@ -11,7 +11,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::cell::Cell;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -24,7 +23,7 @@ pub use crate::control::BLOCK_SIZE;
 use crate::control::{LeaseGrant, LeaseKind, Request};
 use crate::error::{FabricError, Result};
 use crate::instance::instance_from_env;
-use crate::lease;
+use crate::lease::{self, Hold};
 use crate::mem::DEFAULT_LEASE_SECS;
 use crate::participant::Attachment;
 
@@ -103,15 +102,12 @@ impl BlockBuilder {
 /// (or is poisoned) they return `LeaseExpired` (or `LeasePoisoned`).
 #[derive(Debug)]
 pub struct BlockLease {
-    instance: String,
+    hold: Hold,
     /// For the registry, where the lease's state is read.
     attachment: Arc<Attachment>,
-    lease_id: u64,
     bytes: u64,
     path: PathBuf,
     file: File,
-    deadline_ms: Cell<u64>,
-    released: bool,
 }
 
 impl BlockLease {
@@ -147,25 +143,26 @@ impl BlockLease {
                 source,
             })?;
         Ok(BlockLease {
-            instance: attachment.paths().instance().to_owned(),
+            hold: Hold::new(
+                attachment.paths().instance(),
+                grant.lease_id,
+                grant.deadline_ms,
+            ),
             attachment,
-            lease_id: grant.lease_id,
             bytes: grant.bytes,
             path: PathBuf::from(path),
             file,
-            deadline_ms: Cell::new(grant.deadline_ms),
-            released: false,
         })
     }
 
     /// The instance the lease belongs to.
     pub fn instance(&self) -> &str {
-        &self.instance
+        self.hold.instance()
     }
 
     /// The lease's id.
     pub fn lease_id(&self) -> u64 {
-        self.lease_id
+        self.hold.lease_id()
     }
 
     /// Size in bytes (whole blocks).
@@ -191,7 +188,7 @@ impl BlockLease {
     /// The deadline in Unix milliseconds, as of the last acquire, open or
     /// renewal through this handle.
     pub fn deadline_ms(&self) -> u64 {
-        self.deadline_ms.get()
+        self.hold.deadline_ms()
     }
 
     /// Ok while the lease is active (its registry row says so).
@@ -199,12 +196,12 @@ impl BlockLease {
     /// # Errors
     /// `LeaseExpired` (also once its row is gone) or `LeasePoisoned`.
     pub fn check(&self) -> Result<()> {
-        match self.attachment.registry().lease(self.lease_id) {
+        match self.attachment.registry().lease(self.lease_id()) {
             Some(row) if row.state == lease_state::ACTIVE => Ok(()),
             Some(row) if row.state == lease_state::POISONED => {
-                Err(FabricError::LeasePoisoned(self.lease_id))
+                Err(FabricError::LeasePoisoned(self.lease_id()))
             }
-            _ => Err(FabricError::LeaseExpired(self.lease_id)),
+            _ => Err(FabricError::LeaseExpired(self.lease_id())),
         }
     }
 
@@ -214,9 +211,7 @@ impl BlockLease {
     /// `LeaseExpired`, `LeasePoisoned`, `InvalidArgument`, `Disconnected`.
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         self.check()?;
-        let deadline = lease::renew(&self.instance, self.lease_id, lease_secs)?;
-        self.deadline_ms.set(deadline);
-        Ok(())
+        self.hold.renew(lease_secs)
     }
 
     /// Stops holding the lease; when its last holder releases it, the file
@@ -225,10 +220,9 @@ impl BlockLease {
     /// # Errors
     /// `LeaseExpired` or `LeasePoisoned` (the hold is dropped all the
     /// same), `Disconnected`.
-    pub fn release(mut self) -> Result<()> {
-        self.released = true;
+    pub fn release(self) -> Result<()> {
         let state = self.check();
-        lease::release(&self.instance, self.lease_id)?;
+        self.hold.release()?;
         state
     }
 
@@ -239,7 +233,7 @@ impl BlockLease {
     /// `Io`.
     pub fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         self.check()?;
-        self.bounds(offset, buf.len())?;
+        lease::in_bounds(offset, buf.len(), self.bytes)?;
         self.file
             .read_exact_at(buf, offset)
             .map_err(|e| self.io("pread", e))
@@ -252,7 +246,7 @@ impl BlockLease {
     /// `Io`.
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check()?;
-        self.bounds(offset, data.len())?;
+        lease::in_bounds(offset, data.len(), self.bytes)?;
         self.file
             .write_all_at(data, offset)
             .map_err(|e| self.io("pwrite", e))
@@ -267,31 +261,11 @@ impl BlockLease {
         self.file.sync_data().map_err(|e| self.io("fdatasync", e))
     }
 
-    fn bounds(&self, offset: u64, len: usize) -> Result<()> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.bytes => Ok(()),
-            _ => Err(FabricError::InvalidArgument(format!(
-                "{len} bytes at offset {offset} overrun the lease's {} bytes",
-                self.bytes
-            ))),
-        }
-    }
-
     fn io(&self, op: &'static str, source: std::io::Error) -> FabricError {
         FabricError::Io {
             op,
             target: self.path.display().to_string(),
             source,
-        }
-    }
-}
-
-impl Drop for BlockLease {
-    /// A handle dropped without `release` drops its hold; the lease lives
-    /// on until its deadline.
-    fn drop(&mut self) {
-        if !self.released {
-            lease::unhold(&self.instance, self.lease_id);
         }
     }
 }

@@ -2,6 +2,7 @@
 //! asked), opening, renewing, releasing and dropping holds through the
 //! supervisor, and the process's count of its holds.
 
+use std::cell::Cell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -83,6 +84,73 @@ pub(crate) fn unhold(instance: &str, lease_id: u64) {
     note_unhold(instance, lease_id);
     if let Err(e) = call(instance, &Request::Unhold { lease_id }) {
         tracing::debug!(lease_id, "unhold: {e}");
+    }
+}
+
+/// One handle's hold on a lease: it renews, it releases (ending the lease
+/// if it was the last hold), and if its handle goes without `release`, it
+/// drops the hold and leaves the lease to its deadline.
+#[derive(Debug)]
+pub(crate) struct Hold {
+    instance: String,
+    lease_id: u64,
+    /// As of the last acquire, open or renewal through this hold.
+    deadline_ms: Cell<u64>,
+    released: bool,
+}
+
+impl Hold {
+    /// The hold a grant of lease `lease_id` gave this process.
+    pub(crate) fn new(instance: &str, lease_id: u64, deadline_ms: u64) -> Hold {
+        Hold {
+            instance: instance.to_owned(),
+            lease_id,
+            deadline_ms: Cell::new(deadline_ms),
+            released: false,
+        }
+    }
+
+    pub(crate) fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    pub(crate) fn lease_id(&self) -> u64 {
+        self.lease_id
+    }
+
+    pub(crate) fn deadline_ms(&self) -> u64 {
+        self.deadline_ms.get()
+    }
+
+    /// Moves the deadline to `lease_secs` from now.
+    pub(crate) fn renew(&self, lease_secs: u64) -> Result<()> {
+        self.deadline_ms
+            .set(renew(&self.instance, self.lease_id, lease_secs)?);
+        Ok(())
+    }
+
+    /// Gives the hold back, ending the lease if it was the last.
+    pub(crate) fn release(mut self) -> Result<()> {
+        self.released = true;
+        release(&self.instance, self.lease_id)
+    }
+}
+
+impl Drop for Hold {
+    fn drop(&mut self) {
+        if !self.released {
+            unhold(&self.instance, self.lease_id);
+        }
+    }
+}
+
+/// Checks that `len` bytes at `offset` fit a lease of `size` bytes.
+pub(crate) fn in_bounds(offset: u64, len: usize, size: u64) -> Result<()> {
+    match offset.checked_add(len as u64) {
+        Some(end) if end <= size => Ok(()),
+        _ => Err(FabricError::InvalidArgument(format!(
+            "{len} bytes at offset {offset} overrun the lease's {size} bytes"
+        ))),
     }
 }
 

@@ -11,7 +11,6 @@
 //! # Ok(()) }
 //! ```
 
-use std::cell::Cell;
 use std::time::Duration;
 
 use grafos_shm_layout::header::{Expect, FenceState};
@@ -19,7 +18,7 @@ use grafos_shm_layout::header::{Expect, FenceState};
 use crate::control::{LeaseKind, Request};
 use crate::error::{FabricError, Result};
 use crate::instance::instance_from_env;
-use crate::lease;
+use crate::lease::{self, Hold};
 use crate::participant::Attachment;
 use crate::segment::{Segment, SegmentName};
 
@@ -111,11 +110,8 @@ impl MemBuilder {
 /// handle lives, so nothing here touches freed memory.
 #[derive(Debug)]
 pub struct MemLease {
-    instance: String,
-    lease_id: u64,
+    hold: Hold,
     segment: Segment,
-    deadline_ms: Cell<u64>,
-    released: bool,
 }
 
 impl MemLease {
@@ -161,17 +157,14 @@ impl MemLease {
             )));
         }
         Ok(MemLease {
-            instance: instance.to_owned(),
-            lease_id,
+            hold: Hold::new(instance, lease_id, deadline_ms),
             segment,
-            deadline_ms: Cell::new(deadline_ms),
-            released: false,
         })
     }
 
     /// The lease's id (give it to another process to `open`).
     pub fn lease_id(&self) -> u64 {
-        self.lease_id
+        self.hold.lease_id()
     }
 
     /// Usable bytes (the segment body).
@@ -187,7 +180,7 @@ impl MemLease {
     /// The deadline in Unix milliseconds, as of the last acquire, open or
     /// renewal through this handle.
     pub fn deadline_ms(&self) -> u64 {
-        self.deadline_ms.get()
+        self.hold.deadline_ms()
     }
 
     /// Ok while the lease is active.
@@ -197,8 +190,8 @@ impl MemLease {
     pub fn check(&self) -> Result<()> {
         match self.segment.header().fence().state {
             FenceState::Active | FenceState::Relocated => Ok(()),
-            FenceState::Expired => Err(FabricError::LeaseExpired(self.lease_id)),
-            FenceState::Poisoned => Err(FabricError::LeasePoisoned(self.lease_id)),
+            FenceState::Expired => Err(FabricError::LeaseExpired(self.lease_id())),
+            FenceState::Poisoned => Err(FabricError::LeasePoisoned(self.lease_id())),
         }
     }
 
@@ -209,9 +202,7 @@ impl MemLease {
     /// absurd TTL, `Disconnected`.
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         self.check()?;
-        let deadline = lease::renew(&self.instance, self.lease_id, lease_secs)?;
-        self.deadline_ms.set(deadline);
-        Ok(())
+        self.hold.renew(lease_secs)
     }
 
     /// Stops holding the lease; when its last holder releases it, the
@@ -220,10 +211,9 @@ impl MemLease {
     /// # Errors
     /// `LeaseExpired` or `LeasePoisoned` (the hold is dropped all the
     /// same), `Disconnected`.
-    pub fn release(mut self) -> Result<()> {
-        self.released = true;
+    pub fn release(self) -> Result<()> {
         let state = self.check();
-        lease::release(&self.instance, self.lease_id)?;
+        self.hold.release()?;
         state
     }
 
@@ -279,22 +269,6 @@ impl MemLease {
     }
 
     fn bounds(&self, offset: u64, len: usize) -> Result<usize> {
-        match offset.checked_add(len as u64) {
-            Some(end) if end <= self.len() => Ok(offset as usize),
-            _ => Err(FabricError::InvalidArgument(format!(
-                "{len} bytes at offset {offset} overrun the lease's {} bytes",
-                self.len()
-            ))),
-        }
-    }
-}
-
-impl Drop for MemLease {
-    /// A handle dropped without `release` drops its hold; the lease lives
-    /// on until its deadline.
-    fn drop(&mut self) {
-        if !self.released {
-            lease::unhold(&self.instance, self.lease_id);
-        }
+        lease::in_bounds(offset, len, self.len()).map(|()| offset as usize)
     }
 }
