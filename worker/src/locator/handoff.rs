@@ -154,12 +154,41 @@ fn live(lease: &BlockLease) -> Result<Mapped<HandoffControl>> {
     }
 }
 
-/// Publishes new locators.
-pub struct HandoffWriter<L: HandoffLocator> {
-    state: HandoffState<L>,
+/// What writers and readers both hold: the block lease, the live record
+/// and the durable copy.
+struct Record<L: HandoffLocator> {
     lease: BlockLease,
     live: Mapped<HandoffControl>,
     durable: Durable<HandoffState<L>>,
+}
+
+impl<L: HandoffLocator> Record<L> {
+    fn open(lease: BlockLease) -> Result<Record<L>> {
+        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
+        let live = live_at_least(&lease, &mut durable)?;
+        Ok(Record {
+            lease,
+            live,
+            durable,
+        })
+    }
+
+    /// The live record, after checking the lease, mapped anew if its
+    /// segment was removed (and maybe made again): one that is no longer
+    /// the named one reaches nobody.
+    fn live(&mut self) -> Result<&HandoffControl> {
+        self.lease.check()?;
+        if !self.live.segment().is_current() {
+            self.live = live_at_least(&self.lease, &mut self.durable)?;
+        }
+        Ok(self.live.get())
+    }
+}
+
+/// Publishes new locators.
+pub struct HandoffWriter<L: HandoffLocator> {
+    state: HandoffState<L>,
+    record: Record<L>,
 }
 
 impl<L: HandoffLocator> std::fmt::Debug for HandoffWriter<L> {
@@ -167,7 +196,7 @@ impl<L: HandoffLocator> std::fmt::Debug for HandoffWriter<L> {
         f.debug_struct("HandoffWriter")
             .field("stage_id", &self.state.stage_id)
             .field("generation", &self.state.generation)
-            .field("lease", &self.lease.lease_id())
+            .field("lease", &self.record.lease.lease_id())
             .finish()
     }
 }
@@ -179,13 +208,9 @@ impl<L: HandoffLocator> HandoffWriter<L> {
     /// # Errors
     /// If the live segment or the durable copy cannot be opened.
     pub fn new(initial: HandoffState<L>, lease: BlockLease) -> Result<HandoffWriter<L>> {
-        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
-        let live = live_at_least(&lease, &mut durable)?;
         Ok(HandoffWriter {
             state: initial,
-            lease,
-            live,
-            durable,
+            record: Record::open(lease)?,
         })
     }
 
@@ -198,13 +223,8 @@ impl<L: HandoffLocator> HandoffWriter<L> {
     /// `Handoff(Busy)` if a live publisher is in the middle; the lease's
     /// errors.
     pub fn publish(&mut self, locator: L) -> Result<FenceEpoch> {
-        self.lease.check()?;
-        if !self.live.segment().is_current() {
-            // Its segment was removed (and maybe made again): publishing
-            // there would reach nobody.
-            self.live = live_at_least(&self.lease, &mut self.durable)?;
-        }
-        let published = self.live.get().publish(
+        let live = self.record.live()?;
+        let published = live.publish(
             self.state.generation.value(),
             locator.to_words(),
             me(),
@@ -212,24 +232,19 @@ impl<L: HandoffLocator> HandoffWriter<L> {
         );
         match published {
             Ok(generation) => {
-                LinuxFutex.wake_all(low_half(self.live.get()));
+                LinuxFutex.wake_all(low_half(live));
                 self.state.generation = FenceEpoch::from_value(generation);
                 self.state.locator = locator;
                 // The durable copy, after the CAS: a crash between the two
                 // leaves the live record newer, which readers prefer. A
                 // failure here leaves the publication made (readers have
                 // it) and the durable copy one behind until the next one.
-                let newer = self
-                    .durable
-                    .load()
-                    .map(|stored| stored.is_none_or(|s| s.generation < self.state.generation));
-                if let Err(e) = newer.and_then(|newer| {
-                    if newer {
-                        self.durable.checkpoint(&self.state)
-                    } else {
-                        Ok(())
-                    }
-                }) {
+                let durable = &mut self.record.durable;
+                let written = durable.load().and_then(|stored| match stored {
+                    Some(s) if s.generation >= self.state.generation => Ok(()),
+                    _ => durable.checkpoint(&self.state),
+                });
+                if let Err(e) = written {
                     tracing::error!(
                         generation,
                         "handoff published, but its durable copy was not written: {e}"
@@ -239,7 +254,7 @@ impl<L: HandoffLocator> HandoffWriter<L> {
             }
             Err(e) => {
                 if let HandoffError::Conflict { .. } = e {
-                    let (generation, words) = self.live.get().read();
+                    let (generation, words) = live.read();
                     self.state.generation = FenceEpoch::from_value(generation);
                     self.state.locator = L::from_words(words);
                 }
@@ -255,21 +270,19 @@ impl<L: HandoffLocator> HandoffWriter<L> {
 
     /// The block lease, for a reader.
     pub fn into_block_lease(self) -> BlockLease {
-        self.lease
+        self.record.lease
     }
 }
 
 /// Reads the current locator, and waits for newer ones.
 pub struct HandoffReader<L: HandoffLocator> {
-    lease: BlockLease,
-    live: Mapped<HandoffControl>,
-    durable: Durable<HandoffState<L>>,
+    record: Record<L>,
 }
 
 impl<L: HandoffLocator> std::fmt::Debug for HandoffReader<L> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("HandoffReader")
-            .field("lease", &self.lease.lease_id())
+            .field("lease", &self.record.lease.lease_id())
             .finish()
     }
 }
@@ -280,12 +293,8 @@ impl<L: HandoffLocator> HandoffReader<L> {
     /// # Errors
     /// If the live segment or the durable copy cannot be opened.
     pub fn new(lease: BlockLease) -> Result<HandoffReader<L>> {
-        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
-        let live = live_at_least(&lease, &mut durable)?;
         Ok(HandoffReader {
-            lease,
-            live,
-            durable,
+            record: Record::open(lease)?,
         })
     }
 
@@ -296,12 +305,8 @@ impl<L: HandoffLocator> HandoffReader<L> {
     /// `InvalidArgument` if nothing was ever published; the lease's and
     /// the file's errors.
     pub fn current(&mut self) -> Result<HandoffState<L>> {
-        self.lease.check()?;
-        if !self.live.segment().is_current() {
-            self.live = live_at_least(&self.lease, &mut self.durable)?;
-        }
-        let (generation, words) = self.live.get().read();
-        let stored = self.durable.load()?;
+        let (generation, words) = self.record.live()?.read();
+        let stored = self.record.durable.load()?;
         match stored {
             Some(state) if state.generation.value() > generation => Ok(state),
             _ if generation > 0 => Ok(HandoffState {
@@ -311,14 +316,14 @@ impl<L: HandoffLocator> HandoffReader<L> {
             }),
             _ => Err(FabricError::InvalidArgument(format!(
                 "nothing published yet on handoff lease {}",
-                self.lease.lease_id()
+                self.record.lease.lease_id()
             ))),
         }
     }
 
     /// The live generation (one atomic load).
     pub fn generation(&self) -> FenceEpoch {
-        FenceEpoch::from_value(self.live.get().generation())
+        FenceEpoch::from_value(self.record.live.get().generation())
     }
 
     /// Waits until a generation newer than `cached` is current, or
@@ -336,6 +341,7 @@ impl<L: HandoffLocator> HandoffReader<L> {
             // The expected futex value comes from the same 64-bit load
             // that gives the generation: every publication changes it.
             let word = self
+                .record
                 .live
                 .get()
                 .word()
@@ -348,7 +354,7 @@ impl<L: HandoffLocator> HandoffReader<L> {
             // again (its wake-ups go to the new one).
             let slice = Instant::now() + Duration::from_millis(100);
             LinuxFutex.wait(
-                low_half(self.live.get()),
+                low_half(self.record.live.get()),
                 word as u32,
                 Some(deadline.map_or(slice, |d| d.min(slice))),
             );
@@ -357,7 +363,7 @@ impl<L: HandoffLocator> HandoffReader<L> {
 
     /// The block lease.
     pub fn block_lease(&self) -> &BlockLease {
-        &self.lease
+        &self.record.lease
     }
 }
 
