@@ -100,6 +100,13 @@ impl Instance {
         assert!(out.status.success(), "up failed: {}", text(&out));
     }
 
+    /// `grafos down`, which must succeed; its output.
+    pub fn down(&self) -> String {
+        let out = self.grafos(&["down"]);
+        assert!(out.status.success(), "down failed: {}", text(&out));
+        text(&out)
+    }
+
     /// `grafos status --json`, parsed.
     pub fn status(&self) -> serde_json::Value {
         let out = self.grafos(&["status", "--json"]);

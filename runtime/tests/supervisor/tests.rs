@@ -55,6 +55,15 @@ pub const ALL: &[(&str, Test)] = &[
     ("down_after_a_dead_supervisor", down_after_a_dead_supervisor),
 ];
 
+/// The next number of a xorshift sequence (junk for scribbling, not
+/// randomness anyone relies on).
+fn xorshift(seed: &mut u64) -> u64 {
+    *seed ^= *seed << 13;
+    *seed ^= *seed >> 7;
+    *seed ^= *seed << 17;
+    *seed
+}
+
 fn lease_id(answer: &str) -> u64 {
     answer
         .split_whitespace()
@@ -89,12 +98,10 @@ fn up_twice_and_down() {
     );
     let names = list_segments(&instance.name).unwrap();
     assert_eq!(names, ["counters", "registry"]);
-    let down = instance.grafos(&["down"]);
-    assert!(down.status.success(), "{}", text(&down));
+    instance.down();
     instance.assert_clean();
-    let again = instance.grafos(&["down"]);
-    assert!(again.status.success());
-    assert!(text(&again).contains("not up"));
+    let again = instance.down();
+    assert!(again.contains("not up"), "{again}");
 }
 
 fn memory_lease_across_processes() {
@@ -127,7 +134,7 @@ fn memory_lease_across_processes() {
     );
     assert_eq!(instance.counter("leases_released"), 1);
     drop((a, b));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -152,7 +159,7 @@ fn block_lease_across_processes() {
     });
     assert!(!std::path::Path::new(&path).exists(), "lease file left");
     drop((a, b));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -201,7 +208,7 @@ fn budget_refuses_and_recovers() {
         assert!(e.contains(reason), "{request}: {e}");
     }
     drop((b, d));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -251,7 +258,7 @@ fn expiry_and_renewal() {
     instance.await_status("the budget to come back", |s| lease_row(s, short).is_none());
     assert!(instance.counter("leases_expired") >= 1);
     drop(kept);
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -282,7 +289,7 @@ fn poison_and_expire_by_hand() {
     );
     assert_eq!(instance.counter("leases_poisoned"), 1);
     drop((a, b));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -318,7 +325,7 @@ fn killed_participant_is_repaired() {
     queue.try_push(b"after").unwrap();
     assert_eq!(queue.try_pop().unwrap().as_deref(), Some(&b"after"[..]));
     drop(queue);
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -328,12 +335,7 @@ fn bad_requests_through_the_socket() {
     let paths = InstancePaths::in_root(&instance.name, &instance.root).unwrap();
     let connection = Connection::connect(&instance.name, &paths.socket()).unwrap();
     let mut seed = 0x9e37_79b9_7f4a_7c15u64;
-    let mut random = move || {
-        seed ^= seed << 13;
-        seed ^= seed >> 7;
-        seed ^= seed << 17;
-        seed
-    };
+    let mut random = move || xorshift(&mut seed);
     let good = encode(&Request::AcquireMem {
         min_bytes: 4096,
         lease_secs: 10,
@@ -401,7 +403,7 @@ fn bad_requests_through_the_socket() {
     let mut peer = instance.peer();
     peer.ok("acquire-mem 4096 30");
     drop((peer, idle));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -422,14 +424,7 @@ fn scribbled_segments_yield_errors() {
         let path = format!("/dev/shm/grafos.{}.{object}", instance.name);
         let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
         let len = file.metadata().unwrap().len() as usize;
-        let junk: Vec<u8> = (0..len)
-            .map(|_| {
-                seed ^= seed << 13;
-                seed ^= seed >> 7;
-                seed ^= seed << 17;
-                seed as u8
-            })
-            .collect();
+        let junk: Vec<u8> = (0..len).map(|_| xorshift(&mut seed) as u8).collect();
         std::os::unix::fs::FileExt::write_all_at(&file, &junk, 0).unwrap();
     }
     // A death makes the supervisor repair the scribbled queue.
@@ -466,8 +461,7 @@ fn scribbled_segments_yield_errors() {
     instance.await_gone(pid);
     instance.up(&[]);
     drop((holder, newcomer));
-    let down = instance.grafos(&["down"]);
-    assert!(down.status.success(), "{}", text(&down));
+    instance.down();
     instance.assert_clean();
 }
 
@@ -487,13 +481,8 @@ fn down_after_a_dead_supervisor() {
     });
     // Workers keep what they mapped.
     a.ok("check");
-    let down = instance.grafos(&["down"]);
-    assert!(down.status.success(), "{}", text(&down));
-    assert!(
-        text(&down).contains("removed what it left"),
-        "{}",
-        text(&down)
-    );
+    let down = instance.down();
+    assert!(down.contains("removed what it left"), "{down}");
     assert!(!std::path::Path::new(&path).exists(), "block file left");
     assert!(a.cmd("check").unwrap_err().contains("expired"));
     instance.assert_clean();
@@ -546,7 +535,7 @@ fn up_adopts() {
     b.ok("release");
     instance.await_status("the adopted lease to end", |s| lease_row(s, id).is_none());
     drop((a, b, c));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -593,7 +582,7 @@ fn stopped_claimer_is_killed_and_repaired() {
         assert_eq!(queue.try_pop().unwrap(), Some(vec![i]));
     }
     drop(queue);
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
 
@@ -639,6 +628,6 @@ fn handoff_across_processes() {
     assert_eq!(cold.ok("handoff-gen"), "3");
     assert_eq!(cold.ok("handoff-read"), "3 102 0");
     drop((writer, reader, stale, cold));
-    assert!(instance.grafos(&["down"]).status.success());
+    instance.down();
     instance.assert_clean();
 }
