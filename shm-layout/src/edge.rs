@@ -1091,6 +1091,107 @@ impl<'a, M: RingBytes> Edge<'a, M> {
     }
 }
 
+/// What [`Edge::carry_into`] moved.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Carried {
+    /// Records copied, at their positions.
+    pub records: u64,
+    /// Spans that could not be read (a corrupt header, and everything up
+    /// to the end after it): each held at least one record, now lost.
+    pub lost_spans: u64,
+    /// Bytes of those spans.
+    pub lost_bytes: u64,
+}
+
+impl<M: RingBytes> Edge<'_, M> {
+    /// Copies the records of `from..end` of this sealed log into `dst`, a
+    /// fresh log of the same capacity whose positions start at `from`,
+    /// each record at its own position (skips and padding too), and moves
+    /// `dst`'s tail to `end`: a consumer of `dst` reads them as it would
+    /// have read them here, and positions committed here stay boundaries.
+    ///
+    /// From the first header that is not a consistent record on, the rest
+    /// of `from..end` becomes one TOMB in `dst` and is counted as lost.
+    ///
+    /// The caller sealed this log (`end` is what `seal` returned, `from`
+    /// the committed position read after it), so no producer writes into
+    /// `from..end`; nobody else may use `dst` until this returns.
+    ///
+    /// # Errors
+    /// `Corrupt` if `dst` is not fresh at `from` or has another capacity,
+    /// or `from..end` does not fit the ring.
+    pub fn carry_into<N: RingBytes>(
+        &self,
+        dst: &Edge<'_, N>,
+        from: u64,
+        end: u64,
+    ) -> Result<Carried, EdgeError> {
+        if dst.geo.capacity != self.geo.capacity {
+            return Err(EdgeError::Corrupt("carry between rings of other sizes"));
+        }
+        let dst_committed = dst.load_committed()?;
+        let (dst_tail, _) = dst.load_tail(dst_committed)?;
+        if dst_committed != from || dst_tail != from {
+            return Err(EdgeError::Corrupt(
+                "carry into a log not fresh at the start",
+            ));
+        }
+        if from > end || end - from > self.geo.capacity || !end.is_multiple_of(8) {
+            return Err(EdgeError::Corrupt("carry span outside the ring"));
+        }
+        let mut carried = Carried::default();
+        let mut buf = Vec::new();
+        let mut at = from;
+        while at < end {
+            let word = self.header_at(at).load(Ordering::Acquire);
+            let header = decode(word);
+            let size = header.and_then(|h| self.span(at, h, end));
+            match (header, size) {
+                (Ok(Header::Data(len)), Ok(size)) => {
+                    let off = self.geo.offset(at) + RECORD_HEADER;
+                    buf.resize(len as usize, 0);
+                    // SAFETY: `span` checked the payload lies inside the
+                    // ring; the log is sealed, so nobody writes it, and
+                    // `dst` is ours alone until we return.
+                    unsafe {
+                        self.ring.read(off, &mut buf);
+                        dst.ring.write(off, &buf);
+                    }
+                    // Relaxed: `dst` becomes visible to others only through
+                    // a later Release (the handoff publication).
+                    dst.header_at(at).store(word, Ordering::Relaxed);
+                    carried.records += 1;
+                    at += size;
+                }
+                (Ok(Header::Pad(_) | Header::Tomb(_)), Ok(size)) => {
+                    dst.header_at(at).store(word, Ordering::Relaxed);
+                    at += size;
+                }
+                _ => {
+                    carried.lost_spans += 1;
+                    carried.lost_bytes = end - at;
+                    dst.tomb_span(at, end);
+                    at = end;
+                }
+            }
+        }
+        dst.ctrl.tail.0.store(end, Ordering::Relaxed);
+        Ok(carried)
+    }
+
+    /// Writes TOMBs over `start..end` of a log nobody else uses yet, in
+    /// pieces whose lengths fit a header.
+    fn tomb_span(&self, mut start: u64, end: u64) {
+        const PIECE: u64 = 1 << 31;
+        while start < end {
+            let len = (end - start).min(PIECE);
+            let word = header_word(KIND_TOMB, len - RECORD_HEADER);
+            self.header_at(start).store(word, Ordering::Relaxed);
+            start += len;
+        }
+    }
+}
+
 fn claim(word: &AtomicU64, me: u64, is_dead: impl Fn(u64) -> bool) -> Result<(), u64> {
     assert_ne!(me, 0, "role owner identities are non-zero");
     let mut current = word.load(Ordering::Acquire);
@@ -1228,6 +1329,81 @@ mod tests {
         let mut c = edge.consumer_cursor().unwrap();
         assert_eq!(pop(&edge, &mut c).unwrap().unwrap().0, b"kept");
         assert_eq!(pop(&edge, &mut c), Err(EdgeError::Sealed));
+    }
+
+    #[test]
+    fn carried_records_keep_their_positions() {
+        let heap = HeapEdge::new(128, 0);
+        let edge = heap.edge();
+        let mut p = edge.producer_cursor().unwrap();
+        let mut c = edge.consumer_cursor().unwrap();
+        // Move the ring along so the carried span wraps, with padding.
+        for i in 0..5u8 {
+            edge.try_push(&mut p, &[i; 16]).unwrap();
+            let (_, next) = pop(&edge, &mut c).unwrap().unwrap();
+            edge.commit(&mut c, next, &NoFutex).unwrap();
+        }
+        let abandoned = edge.try_reserve(&mut p, 3).unwrap();
+        edge.abandon(&mut p, abandoned);
+        let first = edge.try_push(&mut p, b"one").unwrap();
+        edge.try_push(&mut p, &[7; 24]).unwrap();
+        let claimed = edge.try_reserve(&mut p, 5).unwrap();
+        let end = edge.seal(&NoFutex).unwrap();
+        assert_eq!(edge.publish(&mut p, claimed), Err(EdgeError::Sealed));
+        let from = edge.positions().1;
+
+        let moved = HeapEdge::new(128, from);
+        let dst = moved.edge();
+        let carried = edge.carry_into(&dst, from, end).unwrap();
+        assert_eq!((carried.records, carried.lost_spans), (2, 0));
+        let mut c = dst.consumer_cursor().unwrap();
+        let (one, _) = pop(&dst, &mut c).unwrap().unwrap();
+        assert_eq!(one, b"one");
+        assert_eq!(c.read_position(), first + 16, "same position as before");
+        assert_eq!(pop(&dst, &mut c).unwrap().unwrap().0, vec![7; 24]);
+        assert_eq!(
+            pop(&dst, &mut c).unwrap(),
+            None,
+            "the tombed claim is skipped"
+        );
+        // The new log goes on from the old one's end.
+        let mut p = dst.producer_cursor().unwrap();
+        assert_eq!(dst.try_push(&mut p, b"next").unwrap(), end);
+        assert_eq!(pop(&dst, &mut c).unwrap().unwrap().0, b"next");
+    }
+
+    #[test]
+    fn a_corrupt_header_is_carried_as_a_counted_loss() {
+        let heap = HeapEdge::new(256, 0);
+        let edge = heap.edge();
+        let mut p = edge.producer_cursor().unwrap();
+        edge.try_push(&mut p, b"good").unwrap();
+        let bad = edge.try_push(&mut p, b"scribbled").unwrap();
+        edge.try_push(&mut p, b"after").unwrap();
+        let end = edge.seal(&NoFutex).unwrap();
+        edge.header_at(bad).store(u64::MAX, Ordering::Relaxed);
+
+        let moved = HeapEdge::new(256, 0);
+        let dst = moved.edge();
+        let carried = edge.carry_into(&dst, 0, end).unwrap();
+        assert_eq!(
+            carried,
+            Carried {
+                records: 1,
+                lost_spans: 1,
+                lost_bytes: end - bad
+            }
+        );
+        let mut c = dst.consumer_cursor().unwrap();
+        assert_eq!(pop(&dst, &mut c).unwrap().unwrap().0, b"good");
+        assert_eq!(pop(&dst, &mut c).unwrap(), None);
+        assert_eq!(c.read_position(), end);
+        // Only a fresh log of the same size takes a carry.
+        assert!(edge.carry_into(&dst, 0, end).is_err());
+        assert!(
+            edge.carry_into(&HeapEdge::new(128, 0).edge(), 0, end)
+                .is_err()
+        );
     }
 
     #[test]

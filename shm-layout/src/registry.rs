@@ -316,11 +316,24 @@ pub enum Counter {
     BadMessages = 13,
     /// Claim holders killed for holding a claim past the claim-age limit.
     StuckClaimersKilled = 14,
+    /// Relocatable edges moved to a fresh segment (a new generation
+    /// published).
+    EdgeRelocations = 15,
+    /// Edge handles that rebound to a newer generation.
+    EdgeRebinds = 16,
+    /// Records carried into a relocated edge.
+    EdgeRecordsCarried = 17,
+    /// Spans of records a relocation could not carry (each held at least
+    /// one record).
+    EdgeRecordsLost = 18,
+    /// Records read again after a restart or a rebind, and skipped as
+    /// already handled.
+    Redeliveries = 19,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 15] = [
+    pub const ALL: [Counter; 20] = [
         Counter::LeasesAcquired,
         Counter::LeasesRenewed,
         Counter::LeasesReleased,
@@ -336,6 +349,11 @@ impl Counter {
         Counter::ReadsRepaired,
         Counter::BadMessages,
         Counter::StuckClaimersKilled,
+        Counter::EdgeRelocations,
+        Counter::EdgeRebinds,
+        Counter::EdgeRecordsCarried,
+        Counter::EdgeRecordsLost,
+        Counter::Redeliveries,
     ];
 
     /// The name `grafos status` shows.
@@ -356,6 +374,11 @@ impl Counter {
             Counter::ReadsRepaired => "reads_repaired",
             Counter::BadMessages => "bad_messages",
             Counter::StuckClaimersKilled => "stuck_claimers_killed",
+            Counter::EdgeRelocations => "edge_relocations",
+            Counter::EdgeRebinds => "edge_rebinds",
+            Counter::EdgeRecordsCarried => "edge_records_carried",
+            Counter::EdgeRecordsLost => "edge_records_lost",
+            Counter::Redeliveries => "redeliveries",
         }
     }
 }

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 
 use bytemuck::Pod;
 use grafos_shm_layout::edge::{
-    CONTROL_SIZE, ConsumerCursor, Edge, EdgeControl, EdgeError, EdgeParams, Geometry,
-    ProducerCursor, RecordAt, Reservation,
+    CONTROL_SIZE, Carried, ConsumerCursor, Edge, EdgeControl, EdgeError, EdgeParams, Geometry,
+    MAX_CAPACITY, MAX_POSITION, MIN_CAPACITY, ProducerCursor, RecordAt, Reservation,
 };
 use grafos_shm_layout::header::{Expect, SegmentKind, TypeDescriptor};
 
@@ -75,6 +75,9 @@ impl Default for EdgeConfig {
 
 struct Inner {
     segment: Segment,
+    /// Where the control block starts in the segment's body (0 for an
+    /// edge log segment of its own).
+    offset: u64,
     geo: Geometry,
     ring: MappedRing,
 }
@@ -88,11 +91,45 @@ unsafe impl Send for Inner {}
 unsafe impl Sync for Inner {}
 
 impl Inner {
+    /// Binds the edge log whose control block sits `offset` bytes into
+    /// `segment`'s body (a segment of `kind`).
+    fn bind(segment: Segment, kind: SegmentKind, offset: u64) -> Result<Inner> {
+        let (base, ring_len) = segment.region_at(kind, offset, CONTROL_SIZE)?;
+        // SAFETY: as in `ctrl`: `region_at` checked the block's bounds and
+        // alignment.
+        let ctrl = unsafe {
+            &*segment
+                .body()
+                .as_ptr()
+                .add(offset as usize)
+                .cast::<EdgeControl>()
+        };
+        let geo =
+            Geometry::validate(&ctrl.params(), ring_len).map_err(|source| FabricError::Layout {
+                name: segment.name().to_string(),
+                source,
+            })?;
+        Ok(Inner {
+            ring: MappedRing::new(base, geo.capacity),
+            segment,
+            offset,
+            geo,
+        })
+    }
+
     fn ctrl(&self) -> &EdgeControl {
-        // SAFETY: the body starts 256 bytes into a page-aligned mapping (so
-        // 128-aligned) and holds at least CONTROL_SIZE bytes (checked on
-        // create/open); EdgeControl is atomics plus Pod params read by copy.
-        unsafe { &*self.segment.body().as_ptr().cast::<EdgeControl>() }
+        // SAFETY: the body starts 256 bytes into a page-aligned mapping and
+        // `offset` is 128-aligned, so the block is 128-aligned; it holds
+        // CONTROL_SIZE bytes (both checked by `region_at` in `bind`);
+        // EdgeControl is atomics plus Pod params read by copy.
+        unsafe {
+            &*self
+                .segment
+                .body()
+                .as_ptr()
+                .add(self.offset as usize)
+                .cast::<EdgeControl>()
+        }
     }
 
     fn edge(&self) -> Edge<'_, MappedRing> {
@@ -136,12 +173,7 @@ impl EdgeLog {
     pub fn create(name: &SegmentName, config: &EdgeConfig) -> Result<EdgeLog> {
         let params = EdgeParams::new(config.capacity)
             .map_err(|e| FabricError::InvalidArgument(format!("{e} (got {})", config.capacity)))?;
-        if !config.start_position.is_multiple_of(8) || config.start_position >= 1 << 62 {
-            return Err(FabricError::InvalidArgument(format!(
-                "start position {} must be 8-aligned and below 2^62",
-                config.start_position
-            )));
-        }
+        check_start(config.start_position)?;
         let spec = SegmentSpec {
             kind: SegmentKind::EdgeLog,
             body_len: CONTROL_SIZE + config.capacity,
@@ -191,24 +223,81 @@ impl EdgeLog {
     /// `Layout` if the segment is not an edge log or its control block is
     /// inconsistent.
     pub fn from_segment(segment: Segment) -> Result<EdgeLog> {
-        let (base, ring_len) = segment.region_after(SegmentKind::EdgeLog, CONTROL_SIZE)?;
-        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked by
-        // `region_after`) and is 128-aligned.
-        let ctrl = unsafe { &*segment.body().as_ptr().cast::<EdgeControl>() };
-        let geo =
-            Geometry::validate(&ctrl.params(), ring_len).map_err(|source| FabricError::Layout {
-                name: segment.name().to_string(),
-                source,
-            })?;
-        let ring = MappedRing::new(base, geo.capacity);
         Ok(EdgeLog {
-            inner: Arc::new(Inner { segment, geo, ring }),
+            inner: Arc::new(Inner::bind(segment, SegmentKind::EdgeLog, 0)?),
+        })
+    }
+
+    /// Formats an edge log `offset` bytes into a memory lease's segment
+    /// (kind `Raw`), with the largest ring of at most `max_capacity` bytes
+    /// that fits, starting at `start_position`.
+    ///
+    /// The caller must own the bytes from `offset` on (nobody else maps the
+    /// structure there yet); they are zeroed first.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if `offset` is not 128-aligned, the start position
+    /// is bad, or fewer than `CONTROL_SIZE + 64` bytes follow `offset`.
+    pub fn format_in(
+        segment: Segment,
+        offset: u64,
+        max_capacity: u64,
+        start_position: u64,
+    ) -> Result<EdgeLog> {
+        let (_, room) = segment.region_at(SegmentKind::Raw, offset, CONTROL_SIZE)?;
+        let fits = room.min(max_capacity).min(MAX_CAPACITY);
+        if fits < MIN_CAPACITY {
+            return Err(FabricError::InvalidArgument(format!(
+                "an edge log needs {} bytes at offset {offset}; segment {} has {}",
+                CONTROL_SIZE + MIN_CAPACITY,
+                segment.name(),
+                room + CONTROL_SIZE
+            )));
+        }
+        let capacity = 1 << fits.ilog2();
+        check_start(start_position)?;
+        let params = EdgeParams::new(capacity).expect("a power of two within bounds");
+        // SAFETY: `region_at` checked that offset + CONTROL_SIZE + capacity
+        // bytes lie in the body; the caller owns them, so zeroing them and
+        // initialising the control block races nobody; the block is
+        // 128-aligned (`offset` is, and so is the body).
+        unsafe {
+            let start = segment.body().as_ptr().add(offset as usize);
+            std::ptr::write_bytes(start, 0, (CONTROL_SIZE + capacity) as usize);
+            EdgeControl::init_in_place(start.cast(), params, start_position);
+        }
+        EdgeLog::open_in(segment, offset)
+    }
+
+    /// Binds the edge log formatted `offset` bytes into a memory lease's
+    /// segment.
+    ///
+    /// # Errors
+    /// `Layout` if no consistent edge log is there.
+    pub fn open_in(segment: Segment, offset: u64) -> Result<EdgeLog> {
+        Ok(EdgeLog {
+            inner: Arc::new(Inner::bind(segment, SegmentKind::Raw, offset)?),
         })
     }
 
     /// The segment behind the log.
     pub fn segment(&self) -> &Segment {
         &self.inner.segment
+    }
+
+    /// Ring size in bytes.
+    pub fn capacity(&self) -> u64 {
+        self.inner.geo.capacity
+    }
+
+    /// Copies the records of `from..end` of this sealed log into `dst` (a
+    /// fresh log of the same capacity starting at `from`), each at its own
+    /// position; see [`Edge::carry_into`].
+    ///
+    /// # Errors
+    /// `Edge(Corrupt)` if `dst` does not fit.
+    pub fn carry_into(&self, dst: &EdgeLog, from: u64, end: u64) -> Result<Carried> {
+        Ok(self.inner.edge().carry_into(&dst.inner.edge(), from, end)?)
     }
 
     /// Largest record payload in bytes.
@@ -286,6 +375,15 @@ impl EdgeLog {
             owner: ProcessId::unpack(owner),
         }
     }
+}
+
+fn check_start(position: u64) -> Result<()> {
+    if !position.is_multiple_of(8) || position >= MAX_POSITION {
+        return Err(FabricError::InvalidArgument(format!(
+            "start position {position} must be 8-aligned and below 2^62"
+        )));
+    }
+    Ok(())
 }
 
 /// The producing end of an edge log.

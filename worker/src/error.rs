@@ -117,12 +117,21 @@ pub enum FabricError {
     /// The supervisor refused a request.
     #[error("the supervisor refused: {0}")]
     Refused(String),
+    /// An OS error known only by its number (a pipeline stage's own I/O,
+    /// say); see [`FabricError::from_io`].
+    #[error("I/O error: {}", std::io::Error::from_raw_os_error(*.0))]
+    IoError(i32),
 }
 
 /// `Result` with [`FabricError`].
 pub type Result<T, E = FabricError> = std::result::Result<T, E>;
 
 impl FabricError {
+    /// `IoError` with the error's number (`EIO` if it has none).
+    pub fn from_io(error: &std::io::Error) -> FabricError {
+        FabricError::IoError(error.raw_os_error().unwrap_or(libc::EIO))
+    }
+
     pub(crate) fn io(
         op: &'static str,
         target: impl Into<String>,

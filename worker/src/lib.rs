@@ -11,6 +11,10 @@
 //!   whose claims survive their claimant's death.
 //! * [`edge`]: edge logs, the single-producer single-consumer queue with a
 //!   committed position (records survive a consumer crash).
+//! * [`pipeline`]: relocatable edges, which move to a fresh segment and
+//!   rebind both ends when theirs is lost.
+//! * [`stream`]: pipelines of stages joined by relocatable edges, as
+//!   threads or as worker processes.
 //! * [`futex`]: futex waits on words in shared memory.
 //! * [`process`]: process identities that survive pid reuse.
 //!
@@ -42,9 +46,11 @@ pub mod locator;
 mod mapped;
 pub mod mem;
 pub mod participant;
+pub mod pipeline;
 pub mod process;
 pub mod registry;
 pub mod segment;
+pub mod stream;
 
 pub use error::{FabricError, Result};
 pub use grafos_shm_layout as layout;

@@ -17,7 +17,7 @@ use std::path::Path;
 use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
-use grafos_shm_layout::registry::{MAX_PARTICIPANTS, Registry};
+use grafos_shm_layout::registry::{Counter, InstanceCounters, MAX_PARTICIPANTS, Registry};
 use rustix::fs::FlockOperation;
 
 use crate::control::{Connection, Reply, Request};
@@ -39,6 +39,7 @@ pub struct Attachment {
     row: usize,
     instance_token: u64,
     registry: Mapped<Registry>,
+    counters: Mapped<InstanceCounters>,
 }
 
 /// Attachments of this process, one per instance.
@@ -148,6 +149,7 @@ impl Attachment {
             .filter(|&r| r < MAX_PARTICIPANTS)
             .ok_or_else(|| FabricError::Refused(format!("registry row {row} out of range")))?;
         let registry = Mapped::open(&paths.registry(), Some(instance_token))?;
+        let counters = Mapped::open(&paths.counters(), Some(instance_token))?;
         Ok(Attachment {
             paths,
             connection: Mutex::new(connection),
@@ -155,7 +157,14 @@ impl Attachment {
             row,
             instance_token,
             registry,
+            counters,
         })
+    }
+
+    /// Adds `n` to one of the instance's counters (`grafos status` shows
+    /// them).
+    pub fn count(&self, counter: Counter, n: u64) {
+        self.counters.get().add(counter, n);
     }
 
     /// Sends a request to the supervisor through this attachment.

@@ -7,6 +7,7 @@
 
 use std::os::fd::OwnedFd;
 use std::ptr::NonNull;
+use std::sync::Arc;
 
 use grafos_shm_layout::LayoutError;
 use grafos_shm_layout::header::{
@@ -183,9 +184,11 @@ pub struct SegmentSpec {
 /// The mapping is shared with other processes, which may write any byte at
 /// any time: the safe accessors return atomics or copies, never plain
 /// references to mutable data, and everything read is validated.
+#[derive(Clone)]
 pub struct Segment {
     name: SegmentName,
-    map: MmapRaw,
+    /// Shared by clones: one mapping for every structure placed in it.
+    map: Arc<MmapRaw>,
     /// The inode mapped, to tell whether the name still leads to it.
     inode: u64,
 }
@@ -251,7 +254,7 @@ impl Segment {
         let map = map(&fd, total, name)?;
         let segment = Segment {
             name: name.clone(),
-            map,
+            map: Arc::new(map),
             inode: inode(&fd, name)?,
         };
         let fields = HeaderFields::new(
@@ -318,7 +321,7 @@ impl Segment {
         }
         let segment = Segment {
             name: name.clone(),
-            map: map(&fd, size, name)?,
+            map: Arc::new(map(&fd, size, name)?),
             inode: inode(&fd, name)?,
         };
         if segment.header().fence().generation == 0 {
@@ -380,15 +383,17 @@ impl Segment {
         (self.map.len() - HEADER_SIZE) as u64
     }
 
-    /// Checks that the segment holds a structure of `kind` whose body
-    /// starts with a control block of `control` bytes; returns the region
-    /// after it and its length.
+    /// Checks that the segment is of `kind` and holds a control block of
+    /// `control` bytes `offset` bytes into its body (0 for a structure with
+    /// a segment of its own, more for one placed in a memory lease;
+    /// 128-aligned); returns the region after the block and its length.
     ///
     /// # Errors
     /// `Layout` (`KindMismatch`, `Corrupt` or `TooSmall`).
-    pub(crate) fn region_after(
+    pub(crate) fn region_at(
         &self,
         kind: SegmentKind,
+        offset: u64,
         control: u64,
     ) -> Result<(NonNull<u8>, u64)> {
         let layout = |source| FabricError::Layout {
@@ -405,14 +410,21 @@ impl Segment {
                 None => LayoutError::Corrupt("unknown segment kind"),
             }));
         }
-        let len = self.body_len().checked_sub(control).ok_or_else(|| {
+        if !offset.is_multiple_of(128) {
+            return Err(layout(LayoutError::Corrupt(
+                "structure offset is not 128-aligned",
+            )));
+        }
+        let needed = offset.saturating_add(control);
+        let len = self.body_len().checked_sub(needed).ok_or_else(|| {
             layout(LayoutError::TooSmall {
                 size: self.body_len(),
-                needed: control,
+                needed,
             })
         })?;
-        // SAFETY: control <= body_len, so the region start is in bounds.
-        let start = unsafe { self.body().add(control as usize) };
+        // SAFETY: offset + control <= body_len, so the region start is in
+        // bounds.
+        let start = unsafe { self.body().add(needed as usize) };
         Ok((start, len))
     }
 }

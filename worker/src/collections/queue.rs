@@ -45,9 +45,11 @@ use grafos_shm_layout::queue::{
     QueueControl, QueueCounters, QueueError, QueueParams, QueuePositions, RepairReport, Taken,
 };
 
+use crate::collections::Item;
 use crate::error::{FabricError, Result};
 use crate::futex::LinuxFutex;
 use crate::mapped::{MappedRing, deadline};
+use crate::mem::MemLease;
 use crate::process::{is_dead, me};
 use crate::segment::{Segment, SegmentName, SegmentSpec};
 
@@ -110,8 +112,13 @@ pub struct QueueSnapshot {
 
 struct Inner {
     segment: Segment,
+    /// Where the control block starts in the segment's body (0 for a queue
+    /// segment of its own).
+    offset: u64,
     geo: Geometry,
     slots: MappedRing,
+    /// The memory lease the queue is placed in, held while it is used.
+    lease: Option<MemLease>,
 }
 
 // SAFETY: the raw pointer in `slots` points into `segment`'s mapping,
@@ -123,31 +130,52 @@ unsafe impl Send for Inner {}
 unsafe impl Sync for Inner {}
 
 impl Inner {
-    /// Validates a segment as a queue.
+    /// Validates a queue segment as a queue.
     fn bind(segment: Segment) -> Result<Inner> {
-        let (base, slots_len) = segment.region_after(SegmentKind::Queue, CONTROL_SIZE)?;
-        // SAFETY: the body holds at least CONTROL_SIZE bytes (checked by
-        // `region_after`) and is 128-aligned.
-        let ctrl = unsafe { &*segment.body().as_ptr().cast::<QueueControl>() };
+        Inner::bind_at(segment, SegmentKind::Queue, 0)
+    }
+
+    /// Validates the queue whose control block sits `offset` bytes into
+    /// `segment`'s body (a segment of `kind`).
+    fn bind_at(segment: Segment, kind: SegmentKind, offset: u64) -> Result<Inner> {
+        let (base, slots_len) = segment.region_at(kind, offset, CONTROL_SIZE)?;
+        // SAFETY: as in `ctrl`: `region_at` checked the block's bounds and
+        // alignment.
+        let ctrl = unsafe {
+            &*segment
+                .body()
+                .as_ptr()
+                .add(offset as usize)
+                .cast::<QueueControl>()
+        };
         let geo = Geometry::validate(&ctrl.params(), slots_len).map_err(|source| {
             FabricError::Layout {
                 name: segment.name().to_string(),
                 source,
             }
         })?;
-        let slots = MappedRing::new(base, geo.capacity * geo.slot_size);
         Ok(Inner {
+            slots: MappedRing::new(base, geo.capacity * geo.slot_size),
             segment,
+            offset,
             geo,
-            slots,
+            lease: None,
         })
     }
 
     fn ctrl(&self) -> &QueueControl {
-        // SAFETY: the body starts 256 bytes into a page-aligned mapping (so
-        // 128-aligned) and holds at least CONTROL_SIZE bytes (checked when
-        // bound); QueueControl is atomics plus Pod params read by copy.
-        unsafe { &*self.segment.body().as_ptr().cast::<QueueControl>() }
+        // SAFETY: the body starts 256 bytes into a page-aligned mapping and
+        // `offset` is 128-aligned, so the block is 128-aligned; it holds
+        // CONTROL_SIZE bytes (both checked by `region_at` when bound);
+        // QueueControl is atomics plus Pod params read by copy.
+        unsafe {
+            &*self
+                .segment
+                .body()
+                .as_ptr()
+                .add(self.offset as usize)
+                .cast::<QueueControl>()
+        }
     }
 
     fn queue(&self) -> Queue<'_, MappedRing> {
@@ -176,16 +204,21 @@ impl Inner {
     }
 }
 
-/// A handle on a FabricQueue segment: a registered participant that pushes
-/// and pops. Dropping it unregisters it.
-pub struct FabricQueue {
+/// A handle on a FabricQueue: a registered participant that pushes and
+/// pops. Dropping it unregisters it.
+///
+/// `T` is the item type of [`FabricQueue::push_item`] and
+/// [`FabricQueue::pop_item`] (raw bytes unless said otherwise); every
+/// other call works on byte records.
+pub struct FabricQueue<T = Vec<u8>> {
     inner: Arc<Inner>,
     me: Participant,
     /// One thread at a time: the participant's waiter bit is not shared.
     _not_sync: PhantomData<Cell<()>>,
+    _item: PhantomData<fn(T) -> T>,
 }
 
-impl std::fmt::Debug for FabricQueue {
+impl<T> std::fmt::Debug for FabricQueue<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FabricQueue")
             .field("segment", &self.inner.segment)
@@ -294,8 +327,64 @@ impl FabricQueue {
     pub fn from_segment(segment: Segment) -> Result<FabricQueue> {
         FabricQueue::attach(Arc::new(Inner::bind(segment)?))
     }
+}
 
-    fn attach(inner: Arc<Inner>) -> Result<FabricQueue> {
+impl<T: Item> FabricQueue<T> {
+    /// Creates a queue of `capacity` slots of `stride` bytes at the start
+    /// of a memory lease the caller owns (just acquired, not yet shared),
+    /// and registers with it; the queue holds the lease.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bad capacity or stride or a lease too small
+    /// (with the bytes needed); the lease's `LeaseExpired`/`LeasePoisoned`.
+    pub fn new(lease: MemLease, capacity: u64, stride: u64) -> Result<FabricQueue<T>> {
+        lease.check()?;
+        let params = QueueParams::new(capacity, stride).map_err(|e| {
+            FabricError::InvalidArgument(format!("{e} (got capacity {capacity}, stride {stride})"))
+        })?;
+        let needed = params.slots_len().saturating_add(CONTROL_SIZE);
+        if needed > lease.len() {
+            return Err(FabricError::InvalidArgument(format!(
+                "a queue of {capacity} slots of {stride} bytes needs {needed} bytes; lease {} has {}",
+                lease.lease_id(),
+                lease.len()
+            )));
+        }
+        let segment = lease.segment().clone();
+        // SAFETY: `needed` bytes from the body's start lie in the mapping
+        // (checked above); the caller owns the lease's bytes, so zeroing
+        // them and setting up the control block races nobody; the body is
+        // 128-aligned.
+        unsafe {
+            let start = segment.body().as_ptr();
+            std::ptr::write_bytes(start, 0, needed as usize);
+            QueueControl::init_in_place(start.cast(), params);
+        }
+        let mut inner = Inner::bind_at(segment, SegmentKind::Raw, 0)?;
+        inner.lease = Some(lease);
+        FabricQueue::attach(Arc::new(inner))
+    }
+
+    /// Pushes an item, sleeping while the queue is full.
+    ///
+    /// # Errors
+    /// As [`FabricQueue::push`].
+    pub fn push_item(&self, item: &T, timeout: Option<Duration>) -> Result<u64> {
+        Ok(self.push(&item.to_bytes(), timeout)?)
+    }
+
+    /// Pops an item, sleeping until one arrives.
+    ///
+    /// # Errors
+    /// `Codec` if it does not decode (the record is consumed), or the
+    /// errors of [`FabricQueue::pop`].
+    pub fn pop_item(&self, timeout: Option<Duration>) -> Result<T> {
+        T::from_bytes(&self.pop(timeout)?)
+    }
+}
+
+impl<I> FabricQueue<I> {
+    fn attach(inner: Arc<Inner>) -> Result<FabricQueue<I>> {
         // Whoever comes in cleans up after whoever died: a restarted peer
         // repairs its dead predecessor's claims and registrations at once.
         inner.sweep()?;
@@ -304,6 +393,7 @@ impl FabricQueue {
             inner,
             me,
             _not_sync: PhantomData,
+            _item: PhantomData,
         })
     }
 
@@ -312,8 +402,34 @@ impl FabricQueue {
     ///
     /// # Errors
     /// `Queue(TooManyParticipants)`.
-    pub fn try_clone(&self) -> Result<FabricQueue> {
+    pub fn try_clone(&self) -> Result<FabricQueue<I>> {
         FabricQueue::attach(self.inner.clone())
+    }
+
+    /// The memory lease the queue was placed in by [`FabricQueue::new`],
+    /// given back with the queue's offset in it, once this is the last
+    /// handle and nothing was ever pushed: the caller may then put another
+    /// structure there.
+    ///
+    /// # Errors
+    /// `InvalidArgument` (with the queue handed back) if the queue is not
+    /// in a lease, other handles share it, or records were pushed.
+    pub fn into_unused_lease(self) -> std::result::Result<(MemLease, u64), (FabricError, Self)> {
+        let refuse = |why: &str, queue| Err((FabricError::InvalidArgument(why.into()), queue));
+        if self.inner.lease.is_none() {
+            return refuse("the queue is not placed in a memory lease", self);
+        }
+        if Arc::strong_count(&self.inner) != 1 || self.queue().participants() != 1 {
+            return refuse("other handles use the queue", self);
+        }
+        if self.positions().tail != 0 {
+            return refuse("records were pushed to the queue", self);
+        }
+        let inner = Arc::clone(&self.inner);
+        drop(self);
+        let inner = Arc::into_inner(inner).expect("the last handle was dropped");
+        let offset = inner.offset;
+        Ok((inner.lease.expect("checked above"), offset))
     }
 
     fn queue(&self) -> Queue<'_, MappedRing> {
@@ -361,7 +477,7 @@ impl FabricQueue {
             .queue()
             .try_claim(self.incarnation(), len as u64, &LinuxFutex)?;
         Ok(QueueLoan {
-            queue: self,
+            queue: &self.inner,
             claim: Some(claim),
         })
     }
@@ -440,7 +556,7 @@ impl FabricQueue {
     pub fn try_pop_ref(&self) -> Result<Option<PopGuard<'_>>, QueueError> {
         let taken = self.queue().try_take(self.incarnation(), &LinuxFutex)?;
         Ok(taken.map(|taken| PopGuard {
-            queue: self,
+            queue: &self.inner,
             taken: Some(taken),
         }))
     }
@@ -623,7 +739,7 @@ impl FabricQueue {
     }
 }
 
-impl Drop for FabricQueue {
+impl<T> Drop for FabricQueue<T> {
     fn drop(&mut self) {
         // Loans and guards borrow `self`, so none is outstanding.
         self.queue().detach(&self.me, me());
@@ -658,7 +774,7 @@ impl QueueInspector {
 /// A record being written in place. Dropping it without `commit` abandons
 /// it: it becomes a tombstone that consumers skip.
 pub struct QueueLoan<'a> {
-    queue: &'a FabricQueue,
+    queue: &'a Inner,
     /// Taken by `commit`; still here on drop means abandoned.
     claim: Option<Claim>,
 }
@@ -675,7 +791,6 @@ impl QueueLoan<'_> {
         // reads or writes it; `&mut self` makes this the only slice.
         unsafe {
             self.queue
-                .inner
                 .slots
                 .bytes_mut(claim.payload_offset(), claim.len())
         }
@@ -712,7 +827,7 @@ impl Drop for QueueLoan<'_> {
 /// A record borrowed in place from the queue. Its slot is released when
 /// the guard is dropped or finished.
 pub struct PopGuard<'a> {
-    queue: &'a FabricQueue,
+    queue: &'a Inner,
     /// Taken by `finish`/drop.
     taken: Option<Taken>,
 }
@@ -765,12 +880,7 @@ impl Deref for PopGuard<'_> {
         // SAFETY: try_take checked len <= stride, so the bytes lie in the
         // slot; the slot is READING under our incarnation, so no producer
         // writes it until we release it, which needs `&mut self`.
-        unsafe {
-            self.queue
-                .inner
-                .slots
-                .bytes(taken.payload_offset(), taken.len())
-        }
+        unsafe { self.queue.slots.bytes(taken.payload_offset(), taken.len()) }
     }
 }
 

@@ -185,6 +185,47 @@ impl<L: HandoffLocator> Record<L> {
     }
 }
 
+impl<L: HandoffLocator> Record<L> {
+    /// Publishes `locator` as the generation after `state`'s, which then
+    /// becomes the new state; on `Conflict`, `state` becomes what is
+    /// current.
+    fn publish(&mut self, state: &mut HandoffState<L>, locator: L) -> Result<FenceEpoch> {
+        let live = self.live()?;
+        let published = live.publish(state.generation.value(), locator.to_words(), me(), is_dead);
+        match published {
+            Ok(generation) => {
+                LinuxFutex.wake_all(low_half(live));
+                state.generation = FenceEpoch::from_value(generation);
+                state.locator = locator;
+                // The durable copy, after the CAS: a crash between the two
+                // leaves the live record newer, which readers prefer. A
+                // failure here leaves the publication made (readers have
+                // it) and the durable copy one behind until the next one.
+                let durable = &mut self.durable;
+                let written = durable.load().and_then(|stored| match stored {
+                    Some(s) if s.generation >= state.generation => Ok(()),
+                    _ => durable.checkpoint(state),
+                });
+                if let Err(e) = written {
+                    tracing::error!(
+                        generation,
+                        "handoff published, but its durable copy was not written: {e}"
+                    );
+                }
+                Ok(state.generation)
+            }
+            Err(e) => {
+                if let HandoffError::Conflict { .. } = e {
+                    let (generation, words) = live.read();
+                    state.generation = FenceEpoch::from_value(generation);
+                    state.locator = L::from_words(words);
+                }
+                Err(e.into())
+            }
+        }
+    }
+}
+
 /// Publishes new locators.
 pub struct HandoffWriter<L: HandoffLocator> {
     state: HandoffState<L>,
@@ -223,44 +264,7 @@ impl<L: HandoffLocator> HandoffWriter<L> {
     /// `Handoff(Busy)` if a live publisher is in the middle; the lease's
     /// errors.
     pub fn publish(&mut self, locator: L) -> Result<FenceEpoch> {
-        let live = self.record.live()?;
-        let published = live.publish(
-            self.state.generation.value(),
-            locator.to_words(),
-            me(),
-            is_dead,
-        );
-        match published {
-            Ok(generation) => {
-                LinuxFutex.wake_all(low_half(live));
-                self.state.generation = FenceEpoch::from_value(generation);
-                self.state.locator = locator;
-                // The durable copy, after the CAS: a crash between the two
-                // leaves the live record newer, which readers prefer. A
-                // failure here leaves the publication made (readers have
-                // it) and the durable copy one behind until the next one.
-                let durable = &mut self.record.durable;
-                let written = durable.load().and_then(|stored| match stored {
-                    Some(s) if s.generation >= self.state.generation => Ok(()),
-                    _ => durable.checkpoint(&self.state),
-                });
-                if let Err(e) = written {
-                    tracing::error!(
-                        generation,
-                        "handoff published, but its durable copy was not written: {e}"
-                    );
-                }
-                Ok(self.state.generation)
-            }
-            Err(e) => {
-                if let HandoffError::Conflict { .. } = e {
-                    let (generation, words) = live.read();
-                    self.state.generation = FenceEpoch::from_value(generation);
-                    self.state.locator = L::from_words(words);
-                }
-                Err(e.into())
-            }
-        }
+        self.record.publish(&mut self.state, locator)
     }
 
     /// What this writer believes current.
@@ -321,6 +325,18 @@ impl<L: HandoffLocator> HandoffReader<L> {
         }
     }
 
+    /// Publishes `locator` as the generation after `expected` (what the
+    /// caller read with [`HandoffReader::current`]); returns the new state.
+    /// A reader can publish too: whoever relocates a structure does.
+    ///
+    /// # Errors
+    /// As [`HandoffWriter::publish`]; on `Conflict`, read `current` again.
+    pub fn publish(&mut self, expected: HandoffState<L>, locator: L) -> Result<HandoffState<L>> {
+        let mut state = expected;
+        self.record.publish(&mut state, locator)?;
+        Ok(state)
+    }
+
     /// The live generation (one atomic load).
     pub fn generation(&self) -> FenceEpoch {
         FenceEpoch::from_value(self.record.live.get().generation())
@@ -364,6 +380,11 @@ impl<L: HandoffLocator> HandoffReader<L> {
     /// The block lease.
     pub fn block_lease(&self) -> &BlockLease {
         &self.record.lease
+    }
+
+    /// The block lease, given back.
+    pub fn into_block_lease(self) -> BlockLease {
+        self.record.lease
     }
 }
 

@@ -1,0 +1,747 @@
+//! Relocatable edges: an edge log in a memory lease whose placement is
+//! published through a handoff record, so that it can move to a fresh
+//! segment while both ends keep going.
+//!
+//! ```no_run
+//! use grafos_worker::block::BlockBuilder;
+//! use grafos_worker::collections::queue::FabricQueue;
+//! use grafos_worker::fence::FenceEpoch;
+//! use grafos_worker::locator::QueueLocator;
+//! use grafos_worker::locator::handoff::{HandoffReader, HandoffState, HandoffWriter};
+//! use grafos_worker::mem::MemBuilder;
+//! use grafos_worker::pipeline::RelocatableQueueEdge;
+//! # fn main() -> grafos_worker::Result<()> {
+//! let lease = MemBuilder::new().min_bytes(1 << 16).lease_secs(300).acquire()?;
+//! let locator = QueueLocator::new(lease.lease_id(), 0, 1);
+//! let queue: FabricQueue<Vec<u8>> = FabricQueue::new(lease, 16, 256)?;
+//! let handoff = BlockBuilder::new().min_blocks(64).lease_secs(600).acquire()?;
+//! let initial = HandoffState { stage_id: 1, generation: FenceEpoch::zero(), locator };
+//! let mut writer = HandoffWriter::new(initial, handoff)?;
+//! writer.publish(locator)?;
+//! let reader = HandoffReader::new(writer.into_block_lease())?;
+//! let mut edge = RelocatableQueueEdge::new(queue, locator, reader)?;
+//! edge.push(&b"event-1".to_vec())?;
+//! let cached = edge.generation();
+//! edge.relocate()?;
+//! assert!(edge.generation().is_stale(&cached));
+//! assert_eq!(edge.pop()?, b"event-1");
+//! edge.commit()?;
+//! # Ok(()) }
+//! ```
+//!
+//! **Relocation** seals the log (no publish succeeds after it), leases a
+//! fresh segment of the same size, copies the records from the committed
+//! position to the sealed end into it at their own positions, and
+//! publishes generation + 1 by CAS on the handoff record; the old segment
+//! is marked RELOCATED and this handle's hold on it released. Two
+//! relocators cannot both win: the loser gives its segment back and
+//! follows the winner.
+//!
+//! **Following** needs no message: every operation loads the segment's
+//! fence word (one shared, read-mostly line). A producer whose publish
+//! meets the seal, or a consumer that reads to the seal's end, or either
+//! finding the segment POISONED, EXPIRED or RELOCATED, looks up the
+//! handoff record and rebinds to the newest generation, or relocates
+//! itself if none is newer. Positions survive the move, so a consumer
+//! skips the records it already delivered, and a producer pushes again
+//! the record whose publish the seal refused: nothing is lost silently.
+//! What a relocation could not carry (a corrupt span) is counted in
+//! [`EdgeStats::lost_spans`] and the instance's `edge_records_lost`.
+
+use std::marker::PhantomData;
+use std::time::{Duration, Instant};
+
+use grafos_shm_layout::header::{FenceState, FenceWord};
+use grafos_shm_layout::registry::Counter;
+
+pub use grafos_shm_layout::edge::EdgeError;
+
+use crate::block::{BlockBuilder, BlockLease};
+use crate::collections::Item;
+use crate::collections::queue::FabricQueue;
+use crate::edge::{EdgeConsumer, EdgeLog, EdgeProducer};
+use crate::error::{FabricError, Result};
+use crate::fence::FenceEpoch;
+use crate::host::unix_time_ms;
+use crate::locator::QueueLocator;
+use crate::locator::handoff::{HandoffReader, HandoffState};
+use crate::mem::{MemBuilder, MemLease};
+use crate::participant::attach;
+
+/// How long a blocked push or pop sleeps before it looks at the fence
+/// word again (a poisoned or expired segment wakes nobody on the edge's
+/// own wait points).
+const FENCE_CHECK: Duration = Duration::from_millis(20);
+
+/// How long a handle that finds the log sealed, but no newer generation,
+/// waits for the relocator to publish before relocating itself (the
+/// relocator may have died half-way).
+const RELOCATOR_WAIT: Duration = Duration::from_millis(500);
+
+/// How long rebinding keeps trying while the supervisor is unreachable.
+const RECONNECT_WAIT: Duration = Duration::from_secs(30);
+
+/// Operations between two looks at the leases' deadlines.
+const RENEW_EVERY: u32 = 1024;
+
+/// What a relocatable edge handle has seen and done.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EdgeStats {
+    /// Times this handle bound to a newer generation someone else
+    /// published.
+    pub rebinds: u64,
+    /// Relocations this handle made (and won).
+    pub relocations: u64,
+    /// Records those relocations carried.
+    pub carried: u64,
+    /// Spans those relocations could not carry (each held at least one
+    /// record).
+    pub lost_spans: u64,
+    /// Records read again after a rebind or a restart and skipped as
+    /// delivered (see [`RelocatableQueueEdge::resume_after`]).
+    pub redeliveries: u64,
+}
+
+/// Where the edge lives now.
+struct Bound {
+    locator: QueueLocator,
+    lease: MemLease,
+    log: EdgeLog,
+}
+
+impl Bound {
+    fn open(instance: &str, locator: QueueLocator) -> Result<Bound> {
+        let lease = MemLease::open_in(instance, locator.lease_id)?;
+        let log = EdgeLog::open_in(lease.segment().clone(), locator.offset)?;
+        Ok(Bound {
+            locator,
+            lease,
+            log,
+        })
+    }
+
+    fn fence(&self) -> FenceWord {
+        self.lease.segment().header().fence()
+    }
+}
+
+/// A single-producer, single-consumer edge that survives the loss of its
+/// segment: see the module documentation.
+///
+/// One handle may push, pop or both (each role is taken on first use and
+/// held by one process at a time). `T` is the item type.
+pub struct RelocatableQueueEdge<T = Vec<u8>> {
+    instance: String,
+    handoff: HandoffReader<QueueLocator>,
+    bound: Bound,
+    producer: Option<EdgeProducer>,
+    consumer: Option<EdgeConsumer>,
+    /// Position after the last record `pop` returned (or where
+    /// `resume_after` says to start): records before it are skipped.
+    delivered: Option<u64>,
+    lease_secs: u64,
+    until_renew: u32,
+    stats: EdgeStats,
+    _item: PhantomData<fn(T) -> T>,
+}
+
+impl<T> std::fmt::Debug for RelocatableQueueEdge<T> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelocatableQueueEdge")
+            .field("locator", &self.bound.locator)
+            .field("stats", &self.stats)
+            .finish()
+    }
+}
+
+impl<T: Item> RelocatableQueueEdge<T> {
+    /// Makes the edge in `queue`'s place: the queue must be the only
+    /// handle on a lease-placed queue nothing was pushed to (from
+    /// [`FabricQueue::new`]); its lease is formatted as an edge log with
+    /// the largest ring that fits, and `locator` must name it. If the
+    /// handoff record has nothing published yet, `locator` is published.
+    ///
+    /// # Errors
+    /// `InvalidArgument` if the queue is in use or not where `locator`
+    /// says, or the record names another placement; the errors of the
+    /// lease and the handoff record.
+    pub fn new(
+        queue: FabricQueue<T>,
+        locator: QueueLocator,
+        mut handoff: HandoffReader<QueueLocator>,
+    ) -> Result<RelocatableQueueEdge<T>> {
+        let (lease, offset) = queue.into_unused_lease().map_err(|(e, _)| e)?;
+        if (lease.lease_id(), offset) != (locator.lease_id, locator.offset) {
+            return Err(FabricError::InvalidArgument(format!(
+                "the queue is at offset {offset} of lease {}, the locator says {} of {}",
+                lease.lease_id(),
+                locator.offset,
+                locator.lease_id
+            )));
+        }
+        let state = match handoff.current() {
+            Ok(state) if state.locator == locator => state,
+            Ok(state) => {
+                return Err(FabricError::InvalidArgument(format!(
+                    "the handoff record names {:?}, not {locator:?}",
+                    state.locator
+                )));
+            }
+            Err(FabricError::InvalidArgument(_)) if handoff.generation().value() == 0 => {
+                let empty = HandoffState {
+                    stage_id: 0,
+                    generation: FenceEpoch::zero(),
+                    locator,
+                };
+                handoff.publish(empty, locator)?
+            }
+            Err(e) => return Err(e),
+        };
+        let log = EdgeLog::format_in(lease.segment().clone(), offset, u64::MAX, 0)?;
+        let instance = handoff.block_lease().instance().to_owned();
+        Ok(RelocatableQueueEdge::bound_to(
+            instance,
+            handoff,
+            state,
+            Bound {
+                locator,
+                lease,
+                log,
+            },
+        ))
+    }
+
+    /// Makes an edge in a fresh memory lease of `bytes` (its ring: the
+    /// largest power of two that fits) with a handoff record on a fresh
+    /// block lease, both of `instance` for `lease_secs` (renewed while the
+    /// edge is used). Give [`RelocatableQueueEdge::handoff_lease_id`] to
+    /// the other end.
+    ///
+    /// # Errors
+    /// The errors of leasing and of publishing the record.
+    pub fn create(
+        instance: &str,
+        bytes: u64,
+        lease_secs: u64,
+        stage_id: u64,
+    ) -> Result<RelocatableQueueEdge<T>> {
+        let lease = MemBuilder::new()
+            .instance(instance)
+            .min_bytes(bytes)
+            .lease_secs(lease_secs)
+            .acquire()?;
+        let log = EdgeLog::format_in(lease.segment().clone(), 0, u64::MAX, 0)?;
+        let locator = QueueLocator::new(lease.lease_id(), 0, 1);
+        let block = BlockBuilder::new()
+            .instance(instance)
+            .min_blocks(1)
+            .lease_secs(lease_secs)
+            .acquire()?;
+        let mut handoff = HandoffReader::new(block)?;
+        let empty = HandoffState {
+            stage_id,
+            generation: FenceEpoch::zero(),
+            locator,
+        };
+        let state = handoff.publish(empty, locator)?;
+        Ok(RelocatableQueueEdge::bound_to(
+            instance.to_owned(),
+            handoff,
+            state,
+            Bound {
+                locator,
+                lease,
+                log,
+            },
+        ))
+    }
+
+    /// Binds to the edge the handoff record currently names (the other
+    /// end of an edge made elsewhere, or a restarted stage).
+    ///
+    /// # Errors
+    /// `InvalidArgument` if nothing was published; the errors of the
+    /// lease and the handoff record.
+    pub fn open(mut handoff: HandoffReader<QueueLocator>) -> Result<RelocatableQueueEdge<T>> {
+        let instance = handoff.block_lease().instance().to_owned();
+        let state = handoff.current()?;
+        let bound = Bound::open(&instance, state.locator)?;
+        Ok(RelocatableQueueEdge::bound_to(
+            instance, handoff, state, bound,
+        ))
+    }
+
+    fn bound_to(
+        instance: String,
+        handoff: HandoffReader<QueueLocator>,
+        state: HandoffState<QueueLocator>,
+        bound: Bound,
+    ) -> RelocatableQueueEdge<T> {
+        let lease_secs = bound
+            .lease
+            .deadline_ms()
+            .saturating_sub(unix_time_ms())
+            .div_ceil(1000)
+            .max(1);
+        debug_assert_eq!(state.locator, bound.locator);
+        RelocatableQueueEdge {
+            instance,
+            handoff,
+            bound,
+            producer: None,
+            consumer: None,
+            delivered: None,
+            lease_secs,
+            until_renew: RENEW_EVERY,
+            stats: EdgeStats::default(),
+            _item: PhantomData,
+        }
+    }
+
+    /// Opens the edge whose handoff record is on block lease
+    /// `handoff_lease_id` of `instance`.
+    ///
+    /// # Errors
+    /// As [`RelocatableQueueEdge::open`], and the block lease's.
+    pub fn open_by_id(instance: &str, handoff_lease_id: u64) -> Result<RelocatableQueueEdge<T>> {
+        let block = BlockLease::open_in(instance, handoff_lease_id)?;
+        RelocatableQueueEdge::open(HandoffReader::new(block)?)
+    }
+
+    /// Stops holding the edge's leases: once both ends released them (or
+    /// their deadline passed), the segment and the record go.
+    ///
+    /// # Errors
+    /// `Disconnected` if the supervisor cannot be told (the holds go all
+    /// the same when this process exits).
+    pub fn release(self) -> Result<()> {
+        let RelocatableQueueEdge {
+            handoff,
+            bound,
+            producer,
+            consumer,
+            ..
+        } = self;
+        drop((producer, consumer));
+        drop(bound.log);
+        let edge = match bound.lease.release() {
+            Err(FabricError::LeaseExpired(_) | FabricError::LeasePoisoned(_)) => Ok(()),
+            other => other,
+        };
+        let record = handoff.into_block_lease().release();
+        edge.and(record)
+    }
+
+    // ----- pushing -----
+
+    /// Appends an item, sleeping while the log is full; returns its
+    /// position. Follows a relocation by itself.
+    ///
+    /// # Errors
+    /// `Edge(TooLarge)`, `Edge(Corrupt)`, `RoleTaken` if a live process
+    /// produces into this edge; errors of relocating or rebinding.
+    pub fn push(&mut self, item: &T) -> Result<u64> {
+        let bytes = item.to_bytes();
+        loop {
+            self.tick()?;
+            if self.producer.is_none() {
+                match self.bound.log.producer() {
+                    Ok(producer) => self.producer = Some(producer),
+                    Err(FabricError::Edge(EdgeError::Sealed)) => {
+                        self.follow()?;
+                        continue;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            let producer = self.producer.as_mut().expect("just bound");
+            match producer.push(&bytes, Some(FENCE_CHECK)) {
+                Ok(position) => return Ok(position),
+                Err(EdgeError::TimedOut) => {}
+                Err(EdgeError::Sealed) => self.follow()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    // ----- popping -----
+
+    /// Takes the next item, sleeping until one arrives. Follows a
+    /// relocation by itself.
+    ///
+    /// # Errors
+    /// `Codec` if the record is not a `T`, `Edge(Corrupt)`, `RoleTaken`
+    /// if a live process consumes this edge; errors of relocating or
+    /// rebinding.
+    pub fn pop(&mut self) -> Result<T> {
+        loop {
+            if let Some(item) = self.pop_timeout(None)? {
+                return Ok(item);
+            }
+        }
+    }
+
+    /// Takes the next item if one is there.
+    ///
+    /// # Errors
+    /// As [`RelocatableQueueEdge::pop`].
+    pub fn try_pop(&mut self) -> Result<Option<T>> {
+        self.pop_timeout(Some(Duration::ZERO))
+    }
+
+    /// Takes the next item, sleeping at most `timeout` (`None`: no limit)
+    /// for one; `None` if none came.
+    ///
+    /// # Errors
+    /// As [`RelocatableQueueEdge::pop`].
+    pub fn pop_timeout(&mut self, timeout: Option<Duration>) -> Result<Option<T>> {
+        let deadline = timeout.and_then(|t| Instant::now().checked_add(t));
+        loop {
+            self.tick()?;
+            if self.consumer.is_none() {
+                self.consumer = Some(self.bound.log.consumer()?);
+            }
+            let consumer = self.consumer.as_mut().expect("just bound");
+            let slice = match deadline {
+                Some(d) => d.saturating_duration_since(Instant::now()).min(FENCE_CHECK),
+                None => FENCE_CHECK,
+            };
+            let read = if slice.is_zero() {
+                consumer
+                    .try_read()
+                    .and_then(|r| r.ok_or(EdgeError::TimedOut))
+            } else {
+                consumer.read(Some(slice))
+            };
+            match read {
+                Ok(record) => {
+                    if self.delivered.is_some_and(|d| record.position() < d) {
+                        self.stats.redeliveries += 1;
+                        count(&self.instance, Counter::Redeliveries, 1);
+                        continue;
+                    }
+                    self.delivered = Some(record.next_position());
+                    return T::from_bytes(record.bytes()).map(Some);
+                }
+                Err(EdgeError::TimedOut) => {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        return Ok(None);
+                    }
+                }
+                Err(EdgeError::Sealed) => self.follow()?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+
+    /// Commits everything popped so far: the log may reuse its bytes, and
+    /// a consumer that binds later (a restarted stage) starts after it.
+    ///
+    /// # Errors
+    /// `Edge(Corrupt)`.
+    pub fn commit(&mut self) -> Result<()> {
+        if let Some(consumer) = &mut self.consumer {
+            consumer.commit_read();
+        }
+        Ok(())
+    }
+
+    /// Skips records before `position` from now on, counting them as
+    /// redeliveries: for a restarted stage whose checkpoint says it
+    /// handled everything before `position`.
+    pub fn resume_after(&mut self, position: u64) {
+        self.delivered = Some(self.delivered.map_or(position, |d| d.max(position)));
+    }
+
+    /// Position after the last item popped (or the `resume_after`
+    /// position): what a stage checkpoints.
+    pub fn delivered_position(&self) -> Option<u64> {
+        self.delivered
+    }
+
+    // ----- placement -----
+
+    /// The generation this handle is bound to.
+    pub fn generation(&self) -> FenceEpoch {
+        self.bound.locator.generation
+    }
+
+    /// Where this handle is bound.
+    pub fn locator(&self) -> QueueLocator {
+        self.bound.locator
+    }
+
+    /// The block lease holding the edge's handoff record: another
+    /// process opens the edge with it ([`RelocatableQueueEdge::open`]).
+    pub fn handoff_lease_id(&self) -> u64 {
+        self.handoff.block_lease().lease_id()
+    }
+
+    /// What this handle has seen and done.
+    pub fn stats(&self) -> EdgeStats {
+        self.stats
+    }
+
+    /// Moves the edge to a fresh segment now (or follows a move someone
+    /// else made since this handle bound); returns the new generation.
+    ///
+    /// # Errors
+    /// The errors of leasing a segment and publishing the record.
+    pub fn relocate(&mut self) -> Result<FenceEpoch> {
+        let current = self.handoff.current()?;
+        if current.generation > self.generation() {
+            self.rebind(current)?;
+        } else {
+            self.relocate_from(current)?;
+        }
+        Ok(self.generation())
+    }
+
+    /// Leases to renew, the fence to check: run before every operation.
+    fn tick(&mut self) -> Result<()> {
+        let fence = self.bound.fence();
+        if fence.state != FenceState::Active {
+            tracing::info!(
+                lease = self.bound.locator.lease_id,
+                state = ?fence.state,
+                "edge segment no longer active"
+            );
+            self.follow()?;
+        }
+        self.until_renew -= 1;
+        if self.until_renew == 0 {
+            self.until_renew = RENEW_EVERY;
+            self.renew_if_due();
+        }
+        Ok(())
+    }
+
+    /// Renews the edge's lease and the handoff's block lease once past
+    /// half their time (a failure is logged: the next look tries again).
+    fn renew_if_due(&self) {
+        let now = unix_time_ms();
+        let half = self.lease_secs * 500;
+        if self.bound.lease.deadline_ms().saturating_sub(now) < half
+            && let Err(e) = self.bound.lease.renew(self.lease_secs)
+        {
+            tracing::warn!(
+                lease = self.bound.lease.lease_id(),
+                "renewing the edge lease: {e}"
+            );
+        }
+        let block = self.handoff.block_lease();
+        if block.deadline_ms().saturating_sub(now) < half
+            && let Err(e) = block.renew(self.lease_secs.max(60))
+        {
+            tracing::warn!(lease = block.lease_id(), "renewing the handoff lease: {e}");
+        }
+    }
+
+    /// The bound log is sealed or no longer active: rebind to a newer
+    /// generation, waiting briefly for one if the log was sealed by a
+    /// relocator still at work, else relocate.
+    fn follow(&mut self) -> Result<()> {
+        let mine = self.generation();
+        let mut current = self.handoff.current()?;
+        if current.generation <= mine && self.bound.fence().state == FenceState::Active {
+            current = self.handoff.wait_newer(mine, Some(RELOCATOR_WAIT))?;
+        }
+        if current.generation > mine {
+            self.rebind(current)
+        } else {
+            self.relocate_from(current)
+        }
+    }
+
+    /// Binds to `current`, a newer generation; if its segment cannot be
+    /// opened (lost before anyone bound it), relocates from it.
+    fn rebind(&mut self, current: HandoffState<QueueLocator>) -> Result<()> {
+        let deadline = Instant::now() + RECONNECT_WAIT;
+        let bound = loop {
+            match Bound::open(&self.instance, current.locator) {
+                Ok(bound) => break bound,
+                Err(FabricError::Disconnected { .. }) if Instant::now() < deadline => {
+                    std::thread::sleep(FENCE_CHECK);
+                }
+                Err(e @ FabricError::Disconnected { .. }) => return Err(e),
+                Err(e) => {
+                    tracing::warn!(
+                        lease = current.locator.lease_id,
+                        "the newest edge segment cannot be opened ({e}): relocating"
+                    );
+                    return self.relocate_lost(current);
+                }
+            }
+        };
+        self.swap(current, bound);
+        self.stats.rebinds += 1;
+        count(&self.instance, Counter::EdgeRebinds, 1);
+        Ok(())
+    }
+
+    /// Moves the bound log (generation `current`) to a fresh segment.
+    fn relocate_from(&mut self, current: HandoffState<QueueLocator>) -> Result<()> {
+        let old = &self.bound;
+        let (from, end, lost) = match old.log.seal() {
+            Ok(end) => (old.log.positions().committed, end, false),
+            Err(e) => {
+                // The seal stopped at a corrupt header (claims were closed
+                // first): carry up to the tail, and the carry counts what
+                // it cannot read. Positions that make no sense leave
+                // nothing to carry.
+                tracing::error!(lease = old.locator.lease_id, "sealing the edge log: {e}");
+                let at = old.log.positions();
+                let fits = at.sealed
+                    && at.committed <= at.tail
+                    && at.tail - at.committed <= old.log.capacity()
+                    && at.tail.is_multiple_of(8);
+                if fits {
+                    (at.committed, at.tail, false)
+                } else {
+                    let end = self.known_position();
+                    (end, end, true)
+                }
+            }
+        };
+        let capacity = old.log.capacity();
+        let (lease, log) = self.fresh_log(old.lease.len(), capacity, from)?;
+        let mut carried = old.log.carry_into(&log, from, end)?;
+        carried.lost_spans += u64::from(lost);
+        self.publish(current, lease, log, carried)
+    }
+
+    /// Relocates when the newest segment is gone: the records in it are
+    /// lost; positions go on from the furthest this handle knows.
+    fn relocate_lost(&mut self, current: HandoffState<QueueLocator>) -> Result<()> {
+        let from = self.known_position();
+        let (lease, log) =
+            self.fresh_log(self.bound.lease.len(), self.bound.log.capacity(), from)?;
+        let carried = grafos_shm_layout::edge::Carried {
+            lost_spans: 1,
+            ..Default::default()
+        };
+        self.publish(current, lease, log, carried)
+    }
+
+    /// The furthest position this handle produced or consumed up to.
+    fn known_position(&self) -> u64 {
+        let produced = self.producer.as_ref().map_or(0, EdgeProducer::position);
+        let consumed = self
+            .consumer
+            .as_ref()
+            .map_or(0, EdgeConsumer::read_position);
+        produced.max(consumed).max(self.delivered.unwrap_or(0))
+    }
+
+    fn fresh_log(&self, bytes: u64, capacity: u64, from: u64) -> Result<(MemLease, EdgeLog)> {
+        let lease = MemBuilder::new()
+            .instance(&self.instance)
+            .min_bytes(bytes)
+            .lease_secs(self.lease_secs)
+            .acquire()?;
+        let log = EdgeLog::format_in(lease.segment().clone(), 0, capacity, from);
+        match log {
+            Ok(log) if log.capacity() == capacity => Ok((lease, log)),
+            Ok(_) => Err(FabricError::InvalidArgument(format!(
+                "lease {} is too small for a {capacity}-byte ring",
+                lease.lease_id()
+            ))),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Publishes the fresh log as the generation after `current`; on
+    /// losing the race, gives it back and follows the winner.
+    fn publish(
+        &mut self,
+        current: HandoffState<QueueLocator>,
+        lease: MemLease,
+        log: EdgeLog,
+        carried: grafos_shm_layout::edge::Carried,
+    ) -> Result<()> {
+        let locator = QueueLocator {
+            lease_id: lease.lease_id(),
+            offset: 0,
+            generation: current.generation.next(),
+        };
+        match self.handoff.publish(current, locator) {
+            Ok(state) => {
+                let old = self.swap(
+                    state,
+                    Bound {
+                        locator,
+                        lease,
+                        log,
+                    },
+                );
+                mark_relocated(&old);
+                if let Err(e) = old.lease.release() {
+                    tracing::debug!("releasing the old edge lease: {e}");
+                }
+                self.stats.relocations += 1;
+                self.stats.carried += carried.records;
+                self.stats.lost_spans += carried.lost_spans;
+                count(&self.instance, Counter::EdgeRelocations, 1);
+                count(&self.instance, Counter::EdgeRecordsCarried, carried.records);
+                count(&self.instance, Counter::EdgeRecordsLost, carried.lost_spans);
+                if carried.lost_spans > 0 {
+                    tracing::warn!(
+                        spans = carried.lost_spans,
+                        bytes = carried.lost_bytes,
+                        "relocation could not carry every record"
+                    );
+                }
+                tracing::info!(
+                    generation = locator.generation.value(),
+                    lease = locator.lease_id,
+                    carried = carried.records,
+                    "edge relocated"
+                );
+                Ok(())
+            }
+            Err(FabricError::Handoff(_)) => {
+                drop(log);
+                if let Err(e) = lease.release() {
+                    tracing::debug!("giving back an unpublished edge lease: {e}");
+                }
+                let winner = self.handoff.current()?;
+                self.rebind(winner)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Makes `bound` (of `state`) current; returns the old binding, its
+    /// roles released.
+    fn swap(&mut self, state: HandoffState<QueueLocator>, bound: Bound) -> Bound {
+        debug_assert_eq!(state.locator, bound.locator);
+        self.producer = None;
+        self.consumer = None;
+        std::mem::replace(&mut self.bound, bound)
+    }
+}
+
+/// Marks a relocated segment RELOCATED unless it was fenced otherwise
+/// (expired, poisoned); the seal already woke both ends.
+fn mark_relocated(old: &Bound) {
+    let header = old.lease.segment().header();
+    let now = header.fence();
+    if now.state == FenceState::Active {
+        let relocated = FenceWord {
+            generation: now.generation,
+            state: FenceState::Relocated,
+        };
+        let _ = header.transition(now, relocated);
+    }
+}
+
+/// Adds to an instance counter through this process's attachment.
+fn count(instance: &str, counter: Counter, n: u64) {
+    if n == 0 {
+        return;
+    }
+    match attach(instance) {
+        Ok(attachment) => attachment.count(counter, n),
+        Err(e) => tracing::debug!("counting {}: {e}", counter.name()),
+    }
+}
