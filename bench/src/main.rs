@@ -7,7 +7,9 @@
 //! Never more than two spinning threads at a time.
 
 mod iox;
+mod local;
 mod mpmc;
+mod rebind;
 mod repair;
 
 use std::io::{Read, Write};
@@ -43,6 +45,12 @@ struct Args {
     /// Only the death-to-repair row.
     #[arg(long)]
     repair_only: bool,
+    /// Only the relocation / rebind and pipeline rows.
+    #[arg(long)]
+    rebind_only: bool,
+    /// Relocations for the relocation / rebind row.
+    #[arg(long, default_value_t = 200)]
+    relocations: u64,
     /// SIGKILLs for the death-to-repair row.
     #[arg(long, default_value_t = 200)]
     kills: usize,
@@ -77,6 +85,10 @@ fn main() {
         repair::repair_table(args.kills);
         return;
     }
+    if args.rebind_only {
+        rebind::rebind_table(args.relocations);
+        return;
+    }
     if !args.mpmc_only {
         throughput_table(&sizes, runs, scale, args.no_iceoryx2);
     }
@@ -88,6 +100,7 @@ fn main() {
     latency_table(runs, scale, args.no_iceoryx2);
     blocking_table(runs, scale);
     repair::repair_table(args.kills);
+    rebind::rebind_table(args.relocations);
     iox::cleanup();
 }
 
@@ -167,6 +180,7 @@ fn child(args: &[String]) -> i32 {
         "queue-block-produce" => mpmc::queue_block_produce(&args[1], &args[2], num(3)),
         "queue-block-consume" => mpmc::queue_block_consume(&args[1], &args[2]),
         "claimer" => repair::claimer(&args[1]),
+        "rebind-consumer" => rebind::consumer(&args[1], num(2), num(3)),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }

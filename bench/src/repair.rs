@@ -9,14 +9,11 @@ use std::io::{BufRead, BufReader};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use grafos_runtime::supervisor::{Config, Supervisor};
-use grafos_runtime::{serve, up};
 use grafos_worker::collections::queue::{FabricQueue, QueueConfig};
-use grafos_worker::control::{Connection, Request};
-use grafos_worker::instance::InstancePaths;
 use grafos_worker::participant::attach;
 use grafos_worker::segment::SegmentName;
 
+use crate::local::LocalInstance;
 use crate::{percentile, self_exe};
 
 /// Child role: attach to `instance`, claim a slot of its queue `jobs`
@@ -33,20 +30,8 @@ pub(crate) fn claimer(instance: &str) {
 }
 
 pub(crate) fn repair_table(kills: usize) {
-    let instance = format!("benchrepair{}", std::process::id());
-    let root = std::env::temp_dir().join(format!("grafos-bench-{instance}"));
-    let paths = InstancePaths::in_root(&instance, &root).expect("instance name");
-    let lock = up::lock(&paths).expect("instance lock");
-    let config = Config {
-        pool_size: 1 << 30,
-        block_pool_size: 1 << 30,
-        data_dir: paths.default_data_dir(),
-        grace: Duration::from_secs(1),
-        claim_age_limit: Duration::from_secs(10),
-    };
-    let supervisor = Supervisor::start(paths.clone(), config).expect("supervisor");
-    let listener = serve::bind(&paths.socket()).expect("control socket");
-    let served = std::thread::spawn(move || serve::serve(supervisor, listener, None));
+    let local = LocalInstance::start("repair");
+    let (instance, root) = (local.instance.clone(), local.root.clone());
     let name = SegmentName::new(&instance, "jobs").expect("name");
     let queue = FabricQueue::create(&name, &QueueConfig::new(1024, 64)).expect("queue");
     let mut times = Vec::with_capacity(kills);
@@ -80,13 +65,8 @@ pub(crate) fn repair_table(kills: usize) {
             eprintln!("  {} of {kills} kills", i + 1);
         }
     }
-    Connection::connect(&instance, &paths.socket())
-        .and_then(|c| c.call(&Request::Shutdown))
-        .expect("shutdown");
-    served.join().expect("supervisor thread");
     drop(queue);
-    drop(lock);
-    let _ = std::fs::remove_dir_all(&root);
+    local.stop();
     times.sort_unstable();
     let ms = |us: u64| us as f64 / 1000.0;
     println!("## Death to repair (SIGKILL of a claim holder -> claim tombed by the supervisor)\n");

@@ -1175,7 +1175,9 @@ impl<M: RingBytes> Edge<'_, M> {
                 }
             }
         }
-        dst.ctrl.tail.0.store(end, Ordering::Relaxed);
+        if !mutant::active(Mutant::CarrySkipTail) {
+            dst.ctrl.tail.0.store(end, Ordering::Relaxed);
+        }
         Ok(carried)
     }
 

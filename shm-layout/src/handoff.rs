@@ -20,7 +20,7 @@
 //! intact; the next publisher reverts the word (CAS, only if the pid is
 //! dead) and proceeds.
 
-use crate::mutant::{self, Mutant};
+use crate::mutant::{self, Mutant, order};
 use crate::sync::{AtomicU64, Ordering, fence};
 
 /// Words in a locator slot.
@@ -267,14 +267,16 @@ impl HandoffControl {
         for (cell, value) in self.slots[target as usize].iter().zip(locator) {
             cell.store(value, Ordering::Relaxed);
         }
-        // Release: readers that see generation `next` see its slot.
+        // Release: readers that see generation `next` see its slot, and
+        // whatever the publisher set up before (a relocated edge log's
+        // carried records).
+        let publish = order(
+            Ordering::Release,
+            Mutant::HandoffPublishRelaxed,
+            Ordering::Relaxed,
+        );
         self.word
-            .compare_exchange(
-                busy,
-                next << GEN_SHIFT,
-                Ordering::Release,
-                Ordering::Relaxed,
-            )
+            .compare_exchange(busy, next << GEN_SHIFT, publish, Ordering::Relaxed)
             .map(|_| next)
             .map_err(|now| HandoffError::Conflict {
                 current: generation(now),

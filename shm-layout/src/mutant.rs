@@ -65,6 +65,12 @@ pub enum Mutant {
     HandoffClaimPlainStore,
     /// A handoff publisher writes the new locator into the live slot.
     HandoffWriteLiveSlot,
+    /// A handoff publication makes its generation current with a Relaxed
+    /// CAS (readers rebinding to it may not see what was set up before).
+    HandoffPublishRelaxed,
+    /// A carry into a relocated edge log leaves its tail at the start
+    /// (the next producer writes over the carried records).
+    CarrySkipTail,
 }
 
 #[cfg(loom)]

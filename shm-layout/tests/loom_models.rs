@@ -105,3 +105,8 @@ fn handoff_reader_during_two_publications() {
 fn handoff_dead_publisher_reverted() {
     models::check(models::handoff::handoff_dead_publisher_reverted);
 }
+
+#[test]
+fn relocation_rebinds_both_ends() {
+    models::check_spinning(models::rebind::relocation_rebinds_both_ends);
+}

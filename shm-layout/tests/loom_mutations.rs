@@ -19,9 +19,28 @@ fn must_fail(mutant: Mutant, model: fn(), expected: &str) {
 
 /// As `must_fail`, exploring at least `preemptions` preemptions.
 fn must_fail_within(preemptions: usize, mutant: Mutant, model: fn(), expected: &str) {
+    must_fail_checked(
+        |model| models::check_with_preemptions(preemptions, model),
+        mutant,
+        model,
+        expected,
+    );
+}
+
+/// As `must_fail`, for a model checked with `models::check_spinning`.
+fn must_fail_spinning(mutant: Mutant, model: fn(), expected: &str) {
+    must_fail_checked(
+        |model| models::check_spinning(model),
+        mutant,
+        model,
+        expected,
+    );
+}
+
+fn must_fail_checked(check: impl Fn(fn()), mutant: Mutant, model: fn(), expected: &str) {
     let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
     mutant::set(mutant);
-    let outcome = std::panic::catch_unwind(|| models::check_with_preemptions(preemptions, model));
+    let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| check(model)));
     mutant::set(Mutant::None);
     let payload = outcome.expect_err(&format!(
         "model passed with {mutant:?}: the mutation went unnoticed"
@@ -262,5 +281,27 @@ fn handoff_writing_the_live_slot_tears_it() {
         Mutant::HandoffWriteLiveSlot,
         models::handoff::handoff_dead_publisher_reverted,
         "torn locator",
+    );
+}
+
+#[test]
+fn carry_without_tail_lets_the_producer_overwrite_carried_records() {
+    must_fail_spinning(
+        Mutant::CarrySkipTail,
+        models::rebind::relocation_rebinds_both_ends,
+        // The rebound producer starts at the carried record and finds its
+        // header taken.
+        "header changed under the producer",
+    );
+}
+
+#[test]
+fn relaxed_handoff_publish_lets_a_rebinder_see_what_was_not_published() {
+    must_fail_spinning(
+        Mutant::HandoffPublishRelaxed,
+        models::rebind::relocation_rebinds_both_ends,
+        // It sees the new generation but not what was published with it
+        // (the locator; the carried records, loom finds next).
+        "a rebinder reads the published locator",
     );
 }

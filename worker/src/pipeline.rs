@@ -100,6 +100,9 @@ pub struct EdgeStats {
     /// Records read again after a rebind or a restart and skipped as
     /// delivered (see [`RelocatableQueueEdge::resume_after`]).
     pub redeliveries: u64,
+    /// Time spent binding to newer generations (opening and mapping the
+    /// new segment), in nanoseconds, over all rebinds.
+    pub rebind_ns: u64,
 }
 
 /// Where the edge lives now.
@@ -556,7 +559,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
     /// Binds to `current`, a newer generation; if its segment cannot be
     /// opened (lost before anyone bound it), relocates from it.
     fn rebind(&mut self, current: HandoffState<QueueLocator>) -> Result<()> {
-        let deadline = Instant::now() + RECONNECT_WAIT;
+        let started = Instant::now();
+        let deadline = started + RECONNECT_WAIT;
         let bound = loop {
             match Bound::open(&self.instance, current.locator) {
                 Ok(bound) => break bound,
@@ -574,6 +578,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
             }
         };
         self.swap(current, bound);
+        self.stats.rebind_ns += started.elapsed().as_nanos() as u64;
         self.stats.rebinds += 1;
         count(&self.instance, Counter::EdgeRebinds, 1);
         Ok(())

@@ -179,6 +179,7 @@ impl RunReport {
         self.edges.carried += other.edges.carried;
         self.edges.lost_spans += other.edges.lost_spans;
         self.edges.redeliveries += other.edges.redeliveries;
+        self.edges.rebind_ns += other.edges.rebind_ns;
     }
 
     fn add_edge(&mut self, edge: Option<&RelocatableQueueEdge>) {

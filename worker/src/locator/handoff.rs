@@ -164,7 +164,10 @@ struct Record<L: HandoffLocator> {
 
 impl<L: HandoffLocator> Record<L> {
     fn open(lease: BlockLease) -> Result<Record<L>> {
-        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Always)?;
+        // No fsync: a handoff must survive every process dying, not a
+        // reboot (the structures it points at live in /dev/shm), so the
+        // relocation path does not wait for the device.
+        let mut durable = Durable::open(lease.path(), MAX_STATE_LEN, SyncPolicy::Never)?;
         let live = live_at_least(&lease, &mut durable)?;
         Ok(Record {
             lease,
