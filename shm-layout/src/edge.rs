@@ -1136,7 +1136,8 @@ impl<M: RingBytes> Edge<'_, M> {
                 "carry into a log not fresh at the start",
             ));
         }
-        if from > end || end - from > self.geo.capacity || !end.is_multiple_of(8) {
+        // A sealed log keeps a header's room free at its end.
+        if from > end || end - from > self.geo.capacity - RECORD_HEADER || !end.is_multiple_of(8) {
             return Err(EdgeError::Corrupt("carry span outside the ring"));
         }
         let mut carried = Carried::default();

@@ -49,6 +49,10 @@ const ALL: &[(&str, Seed)] = &[
         "stream_pipeline_runs_as_threads",
         stream::pipeline_runs_as_threads,
     ),
+    (
+        "stream_a_failing_stage_ends_the_run",
+        stream::a_failing_stage_ends_the_run,
+    ),
 ];
 
 fn main() {

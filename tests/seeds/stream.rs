@@ -30,3 +30,21 @@ pub fn pipeline_runs_as_threads() -> SeedResult {
     );
     Ok(())
 }
+
+/// A stage that fails calls the others off: `run` returns its error
+/// instead of waiting for ever.
+pub fn a_failing_stage_ends_the_run() -> SeedResult {
+    let result = Pipeline::from_source((0..100_000u32).map(|i| format!("event-{i}")))
+        .map(|event: String| event)
+        .sink(|event: String| {
+            if event == "event-500" {
+                return Err(grafos_worker::FabricError::IoError(5));
+            }
+            Ok(())
+        })
+        .run();
+    match result {
+        Err(grafos_worker::FabricError::IoError(5)) => Ok(()),
+        other => Err(format!("expected the sink's error, got {other:?}").into()),
+    }
+}

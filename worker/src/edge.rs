@@ -238,7 +238,7 @@ impl EdgeLog {
     /// # Errors
     /// `InvalidArgument` if `offset` is not 128-aligned, the start position
     /// is bad, or fewer than `CONTROL_SIZE + 64` bytes follow `offset`.
-    pub fn format_in(
+    pub(crate) fn format_in(
         segment: Segment,
         offset: u64,
         max_capacity: u64,

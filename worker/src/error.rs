@@ -117,6 +117,9 @@ pub enum FabricError {
     /// The supervisor refused a request.
     #[error("the supervisor refused: {0}")]
     Refused(String),
+    /// The operation was called off (another stage of a pipeline failed).
+    #[error("stopped: {0}")]
+    Stopped(String),
     /// An OS error known only by its number (a pipeline stage's own I/O,
     /// say); see [`FabricError::from_io`].
     #[error("I/O error: {}", std::io::Error::from_raw_os_error(*.0))]

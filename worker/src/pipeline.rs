@@ -49,12 +49,15 @@
 //! [`EdgeStats::lost_spans`] and the instance's `edge_records_lost`.
 
 use std::marker::PhantomData;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use grafos_shm_layout::header::{FenceState, FenceWord};
 use grafos_shm_layout::registry::Counter;
 
 pub use grafos_shm_layout::edge::EdgeError;
+use grafos_shm_layout::edge::MAX_POSITION;
 
 use crate::block::{BlockBuilder, BlockLease};
 use crate::collections::Item;
@@ -71,7 +74,7 @@ use crate::participant::attach;
 /// How long a blocked push or pop sleeps before it looks at the fence
 /// word again (a poisoned or expired segment wakes nobody on the edge's
 /// own wait points).
-const FENCE_CHECK: Duration = Duration::from_millis(20);
+pub const FENCE_CHECK: Duration = Duration::from_millis(20);
 
 /// How long a handle that finds the log sealed, but no newer generation,
 /// waits for the relocator to publish before relocating itself (the
@@ -81,8 +84,12 @@ const RELOCATOR_WAIT: Duration = Duration::from_millis(500);
 /// How long rebinding keeps trying while the supervisor is unreachable.
 const RECONNECT_WAIT: Duration = Duration::from_secs(30);
 
-/// Operations between two looks at the leases' deadlines.
-const RENEW_EVERY: u32 = 1024;
+/// Lease time of edge segments made by `new`, `open` and relocations
+/// (renewed while the edge is used).
+pub const EDGE_LEASE_SECS: u64 = 300;
+
+/// How often the leases' deadlines are looked at.
+const RENEW_CHECK: Duration = Duration::from_secs(1);
 
 /// What a relocatable edge handle has seen and done.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -143,7 +150,13 @@ pub struct RelocatableQueueEdge<T = Vec<u8>> {
     /// `resume_after` says to start): records before it are skipped.
     delivered: Option<u64>,
     lease_secs: u64,
-    until_renew: u32,
+    /// Set by someone else to call blocked operations off.
+    stop: Option<Arc<AtomicBool>>,
+    next_renew_check: Instant,
+    /// The furthest position this handle has seen in any generation (a
+    /// bound log's tail, a push, a pop): a log made anew when a segment
+    /// is lost starts past it, so positions never go back.
+    high_water: u64,
     stats: EdgeStats,
     _item: PhantomData<fn(T) -> T>,
 }
@@ -182,6 +195,10 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 locator.lease_id
             )));
         }
+        // Formatted before the record is read or published: the seed
+        // publishes the locator before it makes the edge, and a peer that
+        // binds early must find an edge log, not the queue.
+        let log = EdgeLog::format_in(lease.segment().clone(), offset, u64::MAX, 0)?;
         let state = match handoff.current() {
             Ok(state) if state.locator == locator => state,
             Ok(state) => {
@@ -200,7 +217,6 @@ impl<T: Item> RelocatableQueueEdge<T> {
             }
             Err(e) => return Err(e),
         };
-        let log = EdgeLog::format_in(lease.segment().clone(), offset, u64::MAX, 0)?;
         let instance = handoff.block_lease().instance().to_owned();
         Ok(RelocatableQueueEdge::bound_to(
             instance,
@@ -247,7 +263,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
             locator,
         };
         let state = handoff.publish(empty, locator)?;
-        Ok(RelocatableQueueEdge::bound_to(
+        let mut edge = RelocatableQueueEdge::bound_to(
             instance.to_owned(),
             handoff,
             state,
@@ -256,7 +272,9 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 lease,
                 log,
             },
-        ))
+        );
+        edge.set_lease_secs(lease_secs);
+        Ok(edge)
     }
 
     /// Binds to the edge the handoff record currently names (the other
@@ -280,13 +298,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
         state: HandoffState<QueueLocator>,
         bound: Bound,
     ) -> RelocatableQueueEdge<T> {
-        let lease_secs = bound
-            .lease
-            .deadline_ms()
-            .saturating_sub(unix_time_ms())
-            .div_ceil(1000)
-            .max(1);
         debug_assert_eq!(state.locator, bound.locator);
+        let high_water = bound.log.positions().tail;
         RelocatableQueueEdge {
             instance,
             handoff,
@@ -294,8 +307,10 @@ impl<T: Item> RelocatableQueueEdge<T> {
             producer: None,
             consumer: None,
             delivered: None,
-            lease_secs,
-            until_renew: RENEW_EVERY,
+            lease_secs: EDGE_LEASE_SECS,
+            stop: None,
+            next_renew_check: Instant::now(),
+            high_water,
             stats: EdgeStats::default(),
             _item: PhantomData,
         }
@@ -359,7 +374,10 @@ impl<T: Item> RelocatableQueueEdge<T> {
             }
             let producer = self.producer.as_mut().expect("just bound");
             match producer.push(&bytes, Some(FENCE_CHECK)) {
-                Ok(position) => return Ok(position),
+                Ok(position) => {
+                    self.high_water = self.high_water.max(producer.position());
+                    return Ok(position);
+                }
                 Err(EdgeError::TimedOut) => {}
                 Err(EdgeError::Sealed) => self.follow()?,
                 Err(e) => return Err(e.into()),
@@ -424,6 +442,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
                         continue;
                     }
                     self.delivered = Some(record.next_position());
+                    self.high_water = self.high_water.max(record.next_position());
                     return T::from_bytes(record.bytes()).map(Some);
                 }
                 Err(EdgeError::TimedOut) => {
@@ -474,6 +493,12 @@ impl<T: Item> RelocatableQueueEdge<T> {
         self.bound.locator
     }
 
+    /// Lease time for the edge's segments from now on (renewals and the
+    /// segments relocations lease); default [`EDGE_LEASE_SECS`].
+    pub fn set_lease_secs(&mut self, secs: u64) {
+        self.lease_secs = secs.max(2);
+    }
+
     /// The block lease holding the edge's handoff record: another
     /// process opens the edge with it ([`RelocatableQueueEdge::open`]).
     pub fn handoff_lease_id(&self) -> u64 {
@@ -500,8 +525,25 @@ impl<T: Item> RelocatableQueueEdge<T> {
         Ok(self.generation())
     }
 
+    /// Calls this handle's operations off once `flag` is set: a push or
+    /// pop blocked then (or called later) returns `Stopped` within
+    /// [`FENCE_CHECK`].
+    pub fn stop_when(&mut self, flag: Arc<AtomicBool>) {
+        self.stop = Some(flag);
+    }
+
     /// Leases to renew, the fence to check: run before every operation.
     fn tick(&mut self) -> Result<()> {
+        if self
+            .stop
+            .as_ref()
+            .is_some_and(|f| f.load(Ordering::Relaxed))
+        {
+            return Err(FabricError::Stopped(format!(
+                "edge of handoff lease {} called off",
+                self.handoff_lease_id()
+            )));
+        }
         let fence = self.bound.fence();
         if fence.state != FenceState::Active {
             tracing::info!(
@@ -511,9 +553,9 @@ impl<T: Item> RelocatableQueueEdge<T> {
             );
             self.follow()?;
         }
-        self.until_renew -= 1;
-        if self.until_renew == 0 {
-            self.until_renew = RENEW_EVERY;
+        let now = Instant::now();
+        if now >= self.next_renew_check {
+            self.next_renew_check = now + RENEW_CHECK;
             self.renew_if_due();
         }
         Ok(())
@@ -569,15 +611,30 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 }
                 Err(e @ FabricError::Disconnected { .. }) => return Err(e),
                 Err(e) => {
+                    // A handle that maps it (its relocator, the other end)
+                    // relocates it, carrying its records, once it sees the
+                    // fence: give it the time to.
+                    let newer = self
+                        .handoff
+                        .wait_newer(current.generation, Some(RELOCATOR_WAIT))?;
+                    if newer.generation > current.generation {
+                        return self.rebind(newer);
+                    }
                     tracing::warn!(
                         lease = current.locator.lease_id,
-                        "the newest edge segment cannot be opened ({e}): relocating"
+                        "the newest edge segment cannot be opened ({e}) and nobody moved it: \
+                         relocating without its records"
                     );
                     return self.relocate_lost(current);
                 }
             }
         };
-        self.swap(current, bound);
+        let old = self.swap(current, bound);
+        // Superseded and carried: give it back (mappings stay valid for
+        // whoever still reads it).
+        if let Err(e) = old.lease.release() {
+            tracing::debug!("releasing a superseded edge lease: {e}");
+        }
         self.stats.rebind_ns += started.elapsed().as_nanos() as u64;
         self.stats.rebinds += 1;
         count(&self.instance, Counter::EdgeRebinds, 1);
@@ -597,6 +654,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 tracing::error!(lease = old.locator.lease_id, "sealing the edge log: {e}");
                 let at = old.log.positions();
                 let fits = at.sealed
+                    && at.committed.is_multiple_of(8)
+                    && at.committed < MAX_POSITION
                     && at.committed <= at.tail
                     && at.tail - at.committed <= old.log.capacity()
                     && at.tail.is_multiple_of(8);
@@ -610,7 +669,14 @@ impl<T: Item> RelocatableQueueEdge<T> {
         };
         let capacity = old.log.capacity();
         let (lease, log) = self.fresh_log(old.lease.len(), capacity, from)?;
-        let mut carried = old.log.carry_into(&log, from, end)?;
+        let mut carried = match old.log.carry_into(&log, from, end) {
+            Ok(carried) => carried,
+            Err(e) => {
+                drop(log);
+                let _ = lease.release();
+                return Err(e);
+            }
+        };
         carried.lost_spans += u64::from(lost);
         self.publish(current, lease, log, carried)
     }
@@ -635,7 +701,10 @@ impl<T: Item> RelocatableQueueEdge<T> {
             .consumer
             .as_ref()
             .map_or(0, EdgeConsumer::read_position);
-        produced.max(consumed).max(self.delivered.unwrap_or(0))
+        produced
+            .max(consumed)
+            .max(self.delivered.unwrap_or(0))
+            .max(self.high_water)
     }
 
     fn fresh_log(&self, bytes: u64, capacity: u64, from: u64) -> Result<(MemLease, EdgeLog)> {
@@ -709,8 +778,18 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 if let Err(e) = lease.release() {
                     tracing::debug!("giving back an unpublished edge lease: {e}");
                 }
-                let winner = self.handoff.current()?;
-                self.rebind(winner)
+                // Lost the race (Conflict), or another publisher is in the
+                // middle (Busy): follow what it publishes.
+                let mine = self.generation();
+                let winner = self.handoff.wait_newer(mine, Some(RELOCATOR_WAIT))?;
+                if winner.generation > mine {
+                    self.rebind(winner)
+                } else {
+                    Err(FabricError::Refused(format!(
+                        "edge relocation: another publisher on handoff lease {} did not finish",
+                        self.handoff_lease_id()
+                    )))
+                }
             }
             Err(e) => Err(e),
         }
@@ -722,6 +801,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
         debug_assert_eq!(state.locator, bound.locator);
         self.producer = None;
         self.consumer = None;
+        self.high_water = self.high_water.max(bound.log.positions().tail);
         std::mem::replace(&mut self.bound, bound)
     }
 }

@@ -37,6 +37,8 @@
 use std::io::{Read, Seek, Write};
 use std::marker::PhantomData;
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
@@ -251,6 +253,12 @@ impl RunnablePipeline {
             inputs.push(RelocatableQueueEdge::open_by_id(&instance, id)?);
             outputs.push(edge);
         }
+        // A stage that fails calls the others off (else they would wait
+        // for it for ever).
+        let failed = Arc::new(AtomicBool::new(false));
+        for edge in inputs.iter_mut().chain(outputs.iter_mut()) {
+            edge.stop_when(failed.clone());
+        }
         let mut inputs = inputs.into_iter();
         let mut outputs = outputs.into_iter();
         let threads: Vec<_> = jobs
@@ -262,19 +270,39 @@ impl RunnablePipeline {
                     Job::Sink(_) => None,
                     _ => outputs.next(),
                 };
+                let failed = failed.clone();
                 std::thread::Builder::new()
                     .name(format!("stage-{i}"))
-                    .spawn(move || run_job(job, input, output, None, None))
+                    .spawn(move || {
+                        let run = || run_job(job, input, output, None, None);
+                        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(run)) {
+                            Ok(Ok(report)) => Ok(report),
+                            Ok(Err(e)) => {
+                                failed.store(true, Ordering::Relaxed);
+                                Err(e)
+                            }
+                            Err(panic) => {
+                                failed.store(true, Ordering::Relaxed);
+                                std::panic::resume_unwind(panic)
+                            }
+                        }
+                    })
                     .map_err(|e| FabricError::from_io(&e))
             })
             .collect::<Result<_>>()?;
         let mut report = RunReport::default();
         let mut first_error = None;
         for thread in threads {
-            match thread.join().expect("a stage thread panicked") {
-                Ok(stage) => report.add(&stage),
-                Err(e) => {
+            match thread.join() {
+                Ok(Ok(stage)) => report.add(&stage),
+                // The stages called off report that; the cause is the
+                // error of the one that failed.
+                Ok(Err(FabricError::Stopped(_))) => {}
+                Ok(Err(e)) => {
                     first_error.get_or_insert(e);
+                }
+                Err(_) => {
+                    first_error.get_or_insert(FabricError::Stopped("a stage panicked".into()));
                 }
             }
         }
@@ -432,12 +460,15 @@ fn run_job(
     };
     report.add_edge(input.as_ref());
     report.add_edge(output.as_ref());
-    if done {
-        for edge in [input, output].into_iter().flatten() {
-            if let Err(e) = edge.release() {
-                tracing::debug!("releasing an edge: {e}");
-            }
-        }
+    // The output edge is only dropped: its records (and the end) may still
+    // be unread, and a consumer restarting later must find them. The
+    // consumer, having committed the end, releases its input: once both
+    // ends let go, the edge's leases end.
+    if done
+        && let Some(edge) = input
+        && let Err(e) = edge.release()
+    {
+        tracing::debug!("releasing an edge: {e}");
     }
     Ok(report)
 }

@@ -287,7 +287,8 @@ env = {{ RUST_LOG = "warn" }}
             .sum();
         let relocations = counter(&status, "edge_relocations");
         println!(
-            "rebinds={} redeliveries={} carried={} lost={}",
+            "sink took={} rebinds={} generation_changes={relocations} redeliveries={} carried={} lost={}",
+            count_lines(&self.sink()) + suppressed,
             counter(&status, "edge_rebinds"),
             counter(&status, "redeliveries"),
             counter(&status, "edge_records_carried"),
