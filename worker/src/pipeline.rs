@@ -150,6 +150,8 @@ pub struct RelocatableQueueEdge<T = Vec<u8>> {
     /// `resume_after` says to start): records before it are skipped.
     delivered: Option<u64>,
     lease_secs: u64,
+    /// Leases of superseded generations, to release.
+    retired: Vec<MemLease>,
     /// Set by someone else to call blocked operations off.
     stop: Option<Arc<AtomicBool>>,
     next_renew_check: Instant,
@@ -217,17 +219,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
             }
             Err(e) => return Err(e),
         };
-        let instance = handoff.block_lease().instance().to_owned();
-        Ok(RelocatableQueueEdge::bound_to(
-            instance,
-            handoff,
-            state,
-            Bound {
-                locator,
-                lease,
-                log,
-            },
-        ))
+        Ok(RelocatableQueueEdge::bound_to(handoff, state, lease, log))
     }
 
     /// Makes an edge in a fresh memory lease of `bytes` (its ring: the
@@ -263,16 +255,7 @@ impl<T: Item> RelocatableQueueEdge<T> {
             locator,
         };
         let state = handoff.publish(empty, locator)?;
-        let mut edge = RelocatableQueueEdge::bound_to(
-            instance.to_owned(),
-            handoff,
-            state,
-            Bound {
-                locator,
-                lease,
-                log,
-            },
-        );
+        let mut edge = RelocatableQueueEdge::bound_to(handoff, state, lease, log);
         edge.set_lease_secs(lease_secs);
         Ok(edge)
     }
@@ -284,30 +267,38 @@ impl<T: Item> RelocatableQueueEdge<T> {
     /// `InvalidArgument` if nothing was published; the errors of the
     /// lease and the handoff record.
     pub fn open(mut handoff: HandoffReader<QueueLocator>) -> Result<RelocatableQueueEdge<T>> {
-        let instance = handoff.block_lease().instance().to_owned();
         let state = handoff.current()?;
-        let bound = Bound::open(&instance, state.locator)?;
+        let bound = Bound::open(handoff.block_lease().instance(), state.locator)?;
         Ok(RelocatableQueueEdge::bound_to(
-            instance, handoff, state, bound,
+            handoff,
+            state,
+            bound.lease,
+            bound.log,
         ))
     }
 
+    /// A handle bound to the log in `lease` that `state` names.
     fn bound_to(
-        instance: String,
         handoff: HandoffReader<QueueLocator>,
         state: HandoffState<QueueLocator>,
-        bound: Bound,
+        lease: MemLease,
+        log: EdgeLog,
     ) -> RelocatableQueueEdge<T> {
-        debug_assert_eq!(state.locator, bound.locator);
-        let high_water = bound.log.positions().tail;
+        let high_water = log.positions().tail;
+        let bound = Bound {
+            locator: state.locator,
+            lease,
+            log,
+        };
         RelocatableQueueEdge {
-            instance,
+            instance: handoff.block_lease().instance().to_owned(),
             handoff,
             bound,
             producer: None,
             consumer: None,
             delivered: None,
             lease_secs: EDGE_LEASE_SECS,
+            retired: Vec::new(),
             stop: None,
             next_renew_check: Instant::now(),
             high_water,
@@ -338,10 +329,14 @@ impl<T: Item> RelocatableQueueEdge<T> {
             bound,
             producer,
             consumer,
+            retired,
             ..
         } = self;
         drop((producer, consumer));
         drop(bound.log);
+        for lease in retired {
+            let _ = lease.release();
+        }
         let edge = match bound.lease.release() {
             Err(FabricError::LeaseExpired(_) | FabricError::LeasePoisoned(_)) => Ok(()),
             other => other,
@@ -532,7 +527,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
         self.stop = Some(flag);
     }
 
-    /// Leases to renew, the fence to check: run before every operation.
+    /// Leases to renew or release, the fence to check: run before every
+    /// operation.
     fn tick(&mut self) -> Result<()> {
         if self
             .stop
@@ -563,7 +559,12 @@ impl<T: Item> RelocatableQueueEdge<T> {
 
     /// Renews the edge's lease and the handoff's block lease once past
     /// half their time (a failure is logged: the next look tries again).
-    fn renew_if_due(&self) {
+    fn renew_if_due(&mut self) {
+        for lease in self.retired.drain(..) {
+            if let Err(e) = lease.release() {
+                tracing::debug!("releasing a superseded edge lease: {e}");
+            }
+        }
         let now = unix_time_ms();
         let half = self.lease_secs * 500;
         if self.bound.lease.deadline_ms().saturating_sub(now) < half
@@ -630,12 +631,10 @@ impl<T: Item> RelocatableQueueEdge<T> {
             }
         };
         let old = self.swap(current, bound);
-        // Superseded and carried: give it back (mappings stay valid for
-        // whoever still reads it).
-        if let Err(e) = old.lease.release() {
-            tracing::debug!("releasing a superseded edge lease: {e}");
-        }
         self.stats.rebind_ns += started.elapsed().as_nanos() as u64;
+        // Superseded and carried: given back at the next lease check, off
+        // the path of the record that follows.
+        self.retired.push(old.lease);
         self.stats.rebinds += 1;
         count(&self.instance, Counter::EdgeRebinds, 1);
         Ok(())
@@ -749,9 +748,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
                     },
                 );
                 mark_relocated(&old);
-                if let Err(e) = old.lease.release() {
-                    tracing::debug!("releasing the old edge lease: {e}");
-                }
+                // Given back at the next lease check, off this path.
+                self.retired.push(old.lease);
                 self.stats.relocations += 1;
                 self.stats.carried += carried.records;
                 self.stats.lost_spans += carried.lost_spans;
