@@ -198,12 +198,28 @@ pub fn wait_any<F: Futex + ?Sized>(
     points: &[&WaitPoint],
     who: Waiter,
     deadline: Option<Instant>,
+    ready: impl FnMut() -> bool,
+) -> bool {
+    wait_any_with(futex, points, &[], who, deadline, ready)
+}
+
+/// Like [`wait_any`], sleeping also on `words`: futex words whose writers
+/// wake every sleeper after each change (a handoff record's generation, a
+/// segment's fence word), each with the value the caller read *before*
+/// its first look at what `ready()` checks, so a change made after that
+/// look ends the sleep at once.
+pub fn wait_any_with<F: Futex + ?Sized>(
+    futex: &F,
+    points: &[&WaitPoint],
+    words: &[(&AtomicU32, u32)],
+    who: Waiter,
+    deadline: Option<Instant>,
     mut ready: impl FnMut() -> bool,
 ) -> bool {
     const MAX_POINTS: usize = 8;
     assert!(
-        !points.is_empty() && points.len() <= MAX_POINTS,
-        "wait_any takes 1 to 8 points"
+        !points.is_empty() && points.len() + words.len() <= MAX_POINTS,
+        "wait_any takes 1 to 8 points and words"
     );
     loop {
         let mut seen = [0u32; MAX_POINTS];
@@ -225,11 +241,12 @@ pub fn wait_any<F: Futex + ?Sized>(
             clear_all();
             return false;
         }
-        let mut words: [(&AtomicU32, u32); MAX_POINTS] = [(&points[0].seq, 0); MAX_POINTS];
+        let mut all: [(&AtomicU32, u32); MAX_POINTS] = [(&points[0].seq, 0); MAX_POINTS];
         for (i, point) in points.iter().enumerate() {
-            words[i] = (&point.seq, seen[i]);
+            all[i] = (&point.seq, seen[i]);
         }
-        futex.wait_any(&words[..points.len()], deadline);
+        all[points.len()..points.len() + words.len()].copy_from_slice(words);
+        futex.wait_any(&all[..points.len() + words.len()], deadline);
         clear_all();
     }
 }

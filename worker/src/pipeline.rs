@@ -57,7 +57,8 @@ use grafos_shm_layout::header::{FenceState, FenceWord};
 use grafos_shm_layout::registry::Counter;
 
 pub use grafos_shm_layout::edge::EdgeError;
-use grafos_shm_layout::edge::MAX_POSITION;
+use grafos_shm_layout::edge::{CONSUMER_WAITER, MAX_POSITION};
+use grafos_shm_layout::wait::wait_any_with;
 
 use crate::block::{BlockBuilder, BlockLease};
 use crate::collections::Item;
@@ -65,6 +66,7 @@ use crate::collections::queue::FabricQueue;
 use crate::edge::{EdgeConsumer, EdgeLog, EdgeProducer};
 use crate::error::{FabricError, Result};
 use crate::fence::FenceEpoch;
+use crate::futex::LinuxFutex;
 use crate::host::unix_time_ms;
 use crate::locator::QueueLocator;
 use crate::locator::handoff::{HandoffReader, HandoffState};
@@ -418,19 +420,8 @@ impl<T: Item> RelocatableQueueEdge<T> {
                 self.consumer = Some(self.bound.log.consumer()?);
             }
             let consumer = self.consumer.as_mut().expect("just bound");
-            let slice = match deadline {
-                Some(d) => d.saturating_duration_since(Instant::now()).min(FENCE_CHECK),
-                None => FENCE_CHECK,
-            };
-            let read = if slice.is_zero() {
-                consumer
-                    .try_read()
-                    .and_then(|r| r.ok_or(EdgeError::TimedOut))
-            } else {
-                consumer.read(Some(slice))
-            };
-            match read {
-                Ok(record) => {
+            match consumer.try_read() {
+                Ok(Some(record)) => {
                     if self.delivered.is_some_and(|d| record.position() < d) {
                         self.stats.redeliveries += 1;
                         count(&self.instance, Counter::Redeliveries, 1);
@@ -440,15 +431,50 @@ impl<T: Item> RelocatableQueueEdge<T> {
                     self.high_water = self.high_water.max(record.next_position());
                     return T::from_bytes(record.bytes()).map(Some);
                 }
-                Err(EdgeError::TimedOut) => {
-                    if deadline.is_some_and(|d| Instant::now() >= d) {
-                        return Ok(None);
-                    }
+                Ok(None) => {}
+                Err(EdgeError::Sealed) => {
+                    self.follow()?;
+                    continue;
                 }
-                Err(EdgeError::Sealed) => self.follow()?,
                 Err(e) => return Err(e.into()),
             }
+            let now = Instant::now();
+            if deadline.is_some_and(|d| now >= d) {
+                return Ok(None);
+            }
+            let until = deadline.map_or(now + FENCE_CHECK, |d| d.min(now + FENCE_CHECK));
+            self.wait_for_input(until);
         }
+    }
+
+    /// Sleeps until a record (or the seal) is published to the bound
+    /// log, its segment's fence word changes (poisoned, expired), a new
+    /// generation is published, or `until`: one `futex_waitv` on the three
+    /// words.
+    fn wait_for_input(&self, until: Instant) {
+        let Some(consumer) = &self.consumer else {
+            return;
+        };
+        let header = self.bound.lease.segment().header();
+        let fence = header.fence();
+        let generation = self.handoff.generation();
+        // Values read before the first look at the condition: a change
+        // after it makes the futex wait return at once.
+        let fence_word = header.fence_futex();
+        let fence_seen = fence_word.load(std::sync::atomic::Ordering::Acquire);
+        let (handoff_word, handoff_seen) = self.handoff.futex_word();
+        wait_any_with(
+            &LinuxFutex,
+            &[consumer.wait_point()],
+            &[(fence_word, fence_seen), (handoff_word, handoff_seen)],
+            CONSUMER_WAITER,
+            Some(until),
+            || {
+                consumer.is_ready()
+                    || header.fence() != fence
+                    || self.handoff.generation() != generation
+            },
+        );
     }
 
     /// Commits everything popped so far: the log may reuse its bytes, and

@@ -340,6 +340,16 @@ impl<L: HandoffLocator> HandoffReader<L> {
         Ok(state)
     }
 
+    /// The futex word publications wake (the low half of the live
+    /// generation word), with its value now: to sleep on it together with
+    /// other words (`grafos_shm_layout::wait::wait_any_with`).
+    pub fn futex_word(&self) -> (&AtomicU32, u32) {
+        let live = self.record.live.get();
+        // The value comes from a 64-bit load (see `low_half`).
+        let now = live.word().load(std::sync::atomic::Ordering::Acquire) as u32;
+        (low_half(live), now)
+    }
+
     /// The live generation (one atomic load).
     pub fn generation(&self) -> FenceEpoch {
         FenceEpoch::from_value(self.record.live.get().generation())
