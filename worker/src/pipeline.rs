@@ -73,9 +73,10 @@ use crate::locator::handoff::{HandoffReader, HandoffState};
 use crate::mem::{MemBuilder, MemLease};
 use crate::participant::attach;
 
-/// How long a blocked push or pop sleeps before it looks at the fence
-/// word again (a poisoned or expired segment wakes nobody on the edge's
-/// own wait points).
+/// The longest a blocked push or pop sleeps before it looks at the fence
+/// word, the leases and the stop flag again (a push waits for room on the
+/// log's own wait point, which a poison or an expiry does not wake; a pop
+/// sleeps on the fence word too).
 pub const FENCE_CHECK: Duration = Duration::from_millis(20);
 
 /// How long a handle that finds the log sealed, but no newer generation,
