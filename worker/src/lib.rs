@@ -15,6 +15,7 @@
 //!   rebind both ends when theirs is lost.
 //! * [`stream`]: pipelines of stages joined by relocatable edges, as
 //!   threads or as worker processes.
+//! * [`store`]: object addresses, `fabric://<instance>/<bucket>/<key>`.
 //! * [`futex`]: futex waits on words in shared memory.
 //! * [`process`]: process identities that survive pid reuse.
 //!
@@ -50,6 +51,7 @@ pub mod pipeline;
 pub mod process;
 pub mod registry;
 pub mod segment;
+pub mod store;
 pub mod stream;
 
 pub use error::{FabricError, Result};
