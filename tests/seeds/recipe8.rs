@@ -127,12 +127,27 @@ pub fn other_process_follows() -> SeedResult {
         }
         edge.push(&format!("event-{i}").into_bytes())?;
     }
+    // Read on a thread of its own, so a stuck peer fails the test at the
+    // deadline instead of hanging it.
     let out = BufReader::new(peer.stdout.take().expect("piped"));
+    let (send, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in out.lines().map_while(Result::ok) {
+            let _ = send.send(line);
+        }
+    });
     let deadline = Instant::now() + Duration::from_secs(30);
     let mut lines = Vec::new();
-    for line in out.lines() {
-        lines.push(line?);
-        assert!(Instant::now() < deadline, "the peer took too long");
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match received.recv_timeout(left) {
+            Ok(line) => lines.push(line),
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                let _ = peer.kill();
+                panic!("the peer took over 30 s: {lines:?}");
+            }
+        }
     }
     let status = peer.wait()?;
     assert!(status.success(), "the peer failed: {lines:?}");
