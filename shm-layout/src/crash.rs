@@ -17,15 +17,30 @@ pub enum CrashPoint {
     AfterReadClaim,
     /// A consumer has copied half of a record out.
     MidCopy,
+    /// A map writer holds a fresh USED block that nothing links to yet.
+    MapAfterAlloc,
+    /// A map writer has written half of an entry's value.
+    MapMidWrite,
+    /// A map writer has linked its entry and not retired what it replaced.
+    MapAfterLink,
+    /// A map writer has unlinked an entry and not retired it.
+    MapAfterUnlink,
+    /// A map writer has taken a block off limbo and not freed it.
+    MapMidCollect,
 }
 
 impl CrashPoint {
     /// Every crash point.
-    pub const ALL: [CrashPoint; 4] = [
+    pub const ALL: [CrashPoint; 9] = [
         CrashPoint::AfterSlotClaim,
         CrashPoint::AfterTailAdvance,
         CrashPoint::AfterReadClaim,
         CrashPoint::MidCopy,
+        CrashPoint::MapAfterAlloc,
+        CrashPoint::MapMidWrite,
+        CrashPoint::MapAfterLink,
+        CrashPoint::MapAfterUnlink,
+        CrashPoint::MapMidCollect,
     ];
 
     /// The point's name, as tests spell it on command lines.
@@ -35,6 +50,11 @@ impl CrashPoint {
             CrashPoint::AfterTailAdvance => "after-tail-advance",
             CrashPoint::AfterReadClaim => "after-read-claim",
             CrashPoint::MidCopy => "mid-copy",
+            CrashPoint::MapAfterAlloc => "map-after-alloc",
+            CrashPoint::MapMidWrite => "map-mid-write",
+            CrashPoint::MapAfterLink => "map-after-link",
+            CrashPoint::MapAfterUnlink => "map-after-unlink",
+            CrashPoint::MapMidCollect => "map-mid-collect",
         }
     }
 

@@ -170,3 +170,59 @@ impl crate::wait::Futex for LoomFutex {
         self.cond.notify_all();
     }
 }
+
+/// A FabricHashMap on the heap: control block, bucket heads, and arenas of
+/// fixed sizes (the first is arena 0; `grow` hands out the rest in order).
+pub struct HeapMap {
+    /// The control block.
+    pub ctrl: crate::map::MapControl,
+    /// The bucket heads.
+    pub buckets: HeapRing,
+    /// The arenas.
+    pub arenas: HeapArenas,
+}
+
+/// Arenas of a [`HeapMap`].
+pub struct HeapArenas {
+    rings: Vec<HeapRing>,
+}
+
+impl HeapMap {
+    /// A map of `buckets` buckets whose arenas have `arena_lens` bytes
+    /// (multiples of 64; the first is arena 0).
+    ///
+    /// # Panics
+    /// If `buckets` is out of range or `arena_lens` is empty.
+    pub fn new(buckets: u64, arena_lens: &[u64]) -> HeapMap {
+        let params = crate::map::MapParams::new(buckets).expect("valid bucket count");
+        HeapMap {
+            ctrl: crate::map::MapControl::new(params, arena_lens[0]),
+            buckets: HeapRing::new(params.buckets_len() as usize),
+            arenas: HeapArenas {
+                rings: arena_lens
+                    .iter()
+                    .map(|&l| HeapRing::new(l as usize))
+                    .collect(),
+            },
+        }
+    }
+
+    /// Binds the algorithm to this map.
+    pub fn map(&self) -> crate::map::Map<'_, HeapRing, HeapArenas> {
+        crate::map::Map::new(&self.ctrl, &self.buckets, &self.arenas)
+            .expect("heap map is consistent")
+    }
+}
+
+impl crate::map::Arenas for HeapArenas {
+    type Bytes = HeapRing;
+
+    fn arena(&self, index: u32, _lease_id: u64, _len: u64) -> Option<&HeapRing> {
+        self.rings.get(index as usize)
+    }
+
+    fn grow(&self, index: u32, min_len: u64) -> Option<(u64, u64)> {
+        let ring = self.rings.get(index as usize)?;
+        (ring.len() >= min_len).then_some((u64::from(index), ring.len()))
+    }
+}

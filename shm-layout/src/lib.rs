@@ -18,6 +18,7 @@ pub mod error;
 pub mod handoff;
 pub mod header;
 pub mod heap;
+pub mod map;
 pub mod mutant;
 pub mod queue;
 pub mod registry;

@@ -71,6 +71,20 @@ pub enum Mutant {
     /// A carry into a relocated edge log leaves its tail at the start
     /// (the next producer writes over the carried records).
     CarrySkipTail,
+    /// A map writer links a new entry with `Relaxed` instead of `Release`
+    /// (a reader may see the link before the entry's bytes).
+    MapLinkRelaxed,
+    /// A map overwrite unlinks the old entry before linking the new one
+    /// (a reader in between sees neither).
+    MapOverwriteUnlinkFirst,
+    /// A map delete stores null into the predecessor instead of the
+    /// deleted entry's successor (the rest of the chain disappears).
+    MapUnlinkDropsTail,
+    /// Reclamation advances the epoch and frees limbo without looking at
+    /// the readers' pins.
+    MapReclaimIgnoresPins,
+    /// A reader pins without the `fence(SeqCst)` after storing its epoch.
+    MapPinSkipFence,
 }
 
 #[cfg(loom)]
