@@ -561,6 +561,11 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
     /// the offset is block-aligned and the block (of the class its state
     /// word gives) lies inside the arena.
     fn block(&self, r: u64) -> Result<Block<'a, A::Bytes>, MapError> {
+        self.block_in(r, false)
+    }
+
+    /// As `block`, for the lock holder when `locked` (see [`locked_load`]).
+    fn block_in(&self, r: u64, locked: bool) -> Result<Block<'a, A::Bytes>, MapError> {
         let index = r >> OFFSET_BITS;
         let off = r & OFFSET_MASK;
         let count = self.ctrl.heap.0.arena_count.load(Ordering::Acquire);
@@ -583,7 +588,12 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             return Err(MapError::Corrupt("block reference past its arena"));
         }
         // SAFETY: off + 64 <= len and off is 64-aligned.
-        let state = BlockState::decode(unsafe { bytes.header(off) }.load(Ordering::Relaxed))?;
+        let state_word = unsafe { bytes.header(off) };
+        let state = BlockState::decode(if locked {
+            locked_load(state_word)
+        } else {
+            state_word.load(Ordering::Relaxed)
+        })?;
         let size = class_size(state.class);
         if off + size > len {
             return Err(MapError::Corrupt("block runs past its arena"));
@@ -648,8 +658,17 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
     /// Pins the current epoch in `slot` (held by this process, not pinned
     /// already).
     pub fn pin(&self, slot: PinSlotId) -> Pin<'a> {
+        self.pin_in(slot, false)
+    }
+
+    /// As `pin`, for the lock holder when `locked` (see [`locked_load`]).
+    fn pin_in(&self, slot: PinSlotId, locked: bool) -> Pin<'a> {
         let word = &self.ctrl.pins[slot.0].word;
-        let epoch = self.ctrl.epoch.0.load(Ordering::Relaxed);
+        let epoch = if locked {
+            locked_load(&self.ctrl.epoch.0)
+        } else {
+            self.ctrl.epoch.0.load(Ordering::Relaxed)
+        };
         word.store((epoch << 1) | 1, Ordering::Relaxed);
         // SeqCst: the store-buffering pair of `try_advance`'s fence: either
         // the advancer sees this pin, or this reader's loads after the
@@ -811,7 +830,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             map: *self,
             token,
             slot,
-            pin: Some(self.pin(slot)),
+            pin: Some(self.pin_in(slot, true)),
             is_dead,
         }
     }
@@ -1045,7 +1064,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let publish = order(Ordering::Release, Mutant::MapLinkRelaxed, Ordering::Relaxed);
         let replaced = match found {
             Some((pred, old)) => {
-                let succ = old.next().load(Ordering::Relaxed);
+                let succ = locked_load(old.next());
                 block.next().store(succ, Ordering::Relaxed);
                 if mutant::active(Mutant::MapOverwriteUnlinkFirst) {
                     pred.store(succ, Ordering::Release);
@@ -1056,9 +1075,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
                 true
             }
             None => {
-                block
-                    .next()
-                    .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+                block.next().store(locked_load(head), Ordering::Relaxed);
                 head.store(block.r, publish);
                 crash::point(CrashPoint::MapAfterLink);
                 self.heap().entries.fetch_add(1, Ordering::Relaxed);
@@ -1083,7 +1100,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let succ = if mutant::active(Mutant::MapUnlinkDropsTail) {
             0
         } else {
-            old.next().load(Ordering::Relaxed)
+            locked_load(old.next())
         };
         pred.store(succ, Ordering::Release);
         crash::point(CrashPoint::MapAfterUnlink);
@@ -1101,14 +1118,14 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         key: &[u8],
     ) -> Result<Option<Found<'a, A::Bytes>>, MapError> {
         let mut pred = head;
-        let mut cur = head.load(Ordering::Relaxed);
+        let mut cur = locked_load(head);
         let mut steps = 0u64;
         let mut fields = [0u8; 16];
         let mut stored = Vec::new();
         while cur != 0 {
             steps += 1;
             self.map.check_steps(steps)?;
-            let block = self.map.block(cur)?;
+            let block = self.map.block_in(cur, true)?;
             block.read(HASH, &mut fields)?;
             let (h, key_len, _) = decode_fields(&fields);
             if h == hash && key_len == key.len() as u64 {
@@ -1118,7 +1135,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
                     return Ok(Some((pred, block)));
                 }
             }
-            cur = block.next().load(Ordering::Relaxed);
+            cur = locked_load(block.next());
             // The block lives in a mapping the `Arenas` keeps for the
             // map's life, so its `next` word can stand as the predecessor.
             pred = word_of(block);
@@ -1150,12 +1167,12 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
 
     fn pop_free(&mut self, class: u8) -> Result<Option<Block<'a, A::Bytes>>, MapError> {
         let head = &self.heap().free[usize::from(class)];
-        let r = head.load(Ordering::Relaxed);
+        let r = locked_load(head);
         if r == 0 {
             return Ok(None);
         }
-        let block = self.map.block(r)?;
-        let state = BlockState::decode(block.state().load(Ordering::Relaxed))?;
+        let block = self.map.block_in(r, true)?;
+        let state = BlockState::decode(locked_load(block.state()))?;
         if state.tag != Tag::Free || state.class != class {
             return Err(MapError::Corrupt("free list holds a block not free"));
         }
@@ -1257,12 +1274,11 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     /// Marks an unlinked block RETIRED at the current epoch and appends it
     /// to limbo.
     fn retire(&mut self, block: &Block<'a, A::Bytes>) {
-        let state =
-            BlockState::decode(block.state().load(Ordering::Relaxed)).map_or(0, |s| s.class);
+        let state = BlockState::decode(locked_load(block.state())).map_or(0, |s| s.class);
         // SeqCst (as crossbeam seals a bag): the epoch read here is not
         // older than any a reader that could still reach the block pinned.
         fence(Ordering::SeqCst);
-        let epoch = self.map.ctrl.epoch.0.load(Ordering::Relaxed);
+        let epoch = locked_load(&self.map.ctrl.epoch.0);
         block.link().store(0, Ordering::Relaxed);
         block.state().store(
             BlockState {
@@ -1275,7 +1291,10 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         );
         let heap = self.heap();
         let tail = heap.limbo_tail.load(Ordering::Relaxed);
-        match (tail != 0).then(|| self.map.block(tail)).transpose() {
+        match (tail != 0)
+            .then(|| self.map.block_in(tail, true))
+            .transpose()
+        {
             Ok(Some(last)) => last.link().store(block.r, Ordering::Relaxed),
             // A bad tail is repaired by the next rebuild; start afresh.
             Ok(None) | Err(_) => heap.limbo_head.store(block.r, Ordering::Relaxed),
@@ -1301,9 +1320,9 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         // Re-pin at the current epoch so this writer's own pin does not
         // hold the advance back.
         self.pin = None;
-        self.pin = Some(self.map.pin(self.slot));
+        self.pin = Some(self.map.pin_in(self.slot, true));
         self.try_advance();
-        let epoch = self.map.ctrl.epoch.0.load(Ordering::Relaxed);
+        let epoch = locked_load(&self.map.ctrl.epoch.0);
         let heap = self.heap();
         let mut freed = 0;
         loop {
@@ -1311,10 +1330,10 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
             if r == 0 {
                 break;
             }
-            let Ok(block) = self.map.block(r) else {
+            let Ok(block) = self.map.block_in(r, true) else {
                 break;
             };
-            let Ok(state) = BlockState::decode(block.state().load(Ordering::Relaxed)) else {
+            let Ok(state) = BlockState::decode(locked_load(block.state())) else {
                 break;
             };
             let grace = mutant::active(Mutant::MapReclaimIgnoresPins)
@@ -1338,9 +1357,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
 
     fn push_free(&self, block: &Block<'a, A::Bytes>, class: u8) {
         let head = &self.heap().free[usize::from(class)];
-        block
-            .link()
-            .store(head.load(Ordering::Relaxed), Ordering::Relaxed);
+        block.link().store(locked_load(head), Ordering::Relaxed);
         block.state().store(
             BlockState {
                 tag: Tag::Free,
@@ -1358,7 +1375,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     /// advanced.
     fn try_advance(&self) -> bool {
         let ctrl = self.map.ctrl;
-        let epoch = ctrl.epoch.0.load(Ordering::Relaxed);
+        let epoch = locked_load(&ctrl.epoch.0);
         // SeqCst: pairs with the fence in `pin` (store buffering): a reader
         // pinned after this fence sees every unlink made before it.
         fence(Ordering::SeqCst);
@@ -1401,7 +1418,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     pub fn repair(&self) -> Result<MapRepair, MapError> {
         let reachable = self.reachable()?;
         let heap = self.heap();
-        let epoch = self.map.ctrl.epoch.0.load(Ordering::Relaxed);
+        let epoch = locked_load(&self.map.ctrl.epoch.0);
         let mut free: [Vec<u64>; CLASSES] = std::array::from_fn(|_| Vec::new());
         let mut limbo: Vec<(u64, u64)> = Vec::new();
         let (mut used, mut retired, mut recovered) = (0u64, 0u64, 0u64);
@@ -1437,7 +1454,10 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         for (class, blocks) in free.iter().enumerate() {
             let mut head = 0;
             for &r in blocks.iter().rev() {
-                self.map.block(r)?.link().store(head, Ordering::Relaxed);
+                self.map
+                    .block_in(r, true)?
+                    .link()
+                    .store(head, Ordering::Relaxed);
                 head = r;
             }
             heap.free[class].store(head, Ordering::Relaxed);
@@ -1447,7 +1467,10 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         limbo.sort_by_key(|&(e, _)| std::cmp::Reverse(epoch.wrapping_sub(e) & EPOCH_MASK));
         let mut head = 0;
         for &(_, r) in limbo.iter().rev() {
-            self.map.block(r)?.link().store(head, Ordering::Relaxed);
+            self.map
+                .block_in(r, true)?
+                .link()
+                .store(head, Ordering::Relaxed);
             head = r;
         }
         heap.limbo_head.store(head, Ordering::Relaxed);
@@ -1506,12 +1529,12 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     fn reachable(&self) -> Result<HashSet<u64>, MapError> {
         let mut seen = HashSet::new();
         for bucket in 0..self.map.nbuckets {
-            let mut cur = self.map.bucket_head(bucket).load(Ordering::Relaxed);
+            let mut cur = locked_load(self.map.bucket_head(bucket));
             while cur != 0 {
                 if !seen.insert(cur) {
                     return Err(MapError::Corrupt("bucket chains share or loop"));
                 }
-                cur = self.map.block(cur)?.next().load(Ordering::Relaxed);
+                cur = locked_load(self.map.block_in(cur, true)?.next());
             }
         }
         Ok(seen)
@@ -1530,8 +1553,8 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
             let bump = slot.bump.load(Ordering::Relaxed);
             let mut at = ARENA_START;
             while at < bump {
-                let block = self.map.block((index << OFFSET_BITS) | at)?;
-                let state = BlockState::decode(block.state().load(Ordering::Relaxed))?;
+                let block = self.map.block_in((index << OFFSET_BITS) | at, true)?;
+                let state = BlockState::decode(locked_load(block.state()))?;
                 f(&block, state);
                 at += block.size;
             }
@@ -1541,6 +1564,20 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         }
         Ok(())
     }
+}
+
+/// Loads a word that readers load too, for the writer holding the lock.
+/// Only lock holders store such words, so a plain load reads the latest
+/// value. Under loom it is a read-modify-write of zero instead: loom's
+/// DPOR keeps one last access per atomic, so a writer's plain load after
+/// a reader's would hide the reader's access from the writer's next store,
+/// and the interleavings between them would go unexplored.
+#[inline]
+fn locked_load(word: &AtomicU64) -> u64 {
+    #[cfg(loom)]
+    return word.fetch_add(0, Ordering::Relaxed);
+    #[cfg(not(loom))]
+    word.load(Ordering::Relaxed)
 }
 
 /// Retires per collection attempt.

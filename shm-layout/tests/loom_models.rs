@@ -110,3 +110,23 @@ fn handoff_dead_publisher_reverted() {
 fn relocation_rebinds_both_ends() {
     models::check_spinning(models::rebind::relocation_rebinds_both_ends);
 }
+
+#[test]
+fn map_insert_races_get() {
+    models::check(models::map::insert_races_get);
+}
+
+#[test]
+fn map_overwrite_races_get() {
+    models::check(models::map::overwrite_races_get);
+}
+
+#[test]
+fn map_delete_races_get() {
+    models::check(models::map::delete_races_get);
+}
+
+#[test]
+fn map_pinned_reader_never_sees_reuse() {
+    models::check(models::map::pinned_reader_never_sees_reuse);
+}

@@ -305,3 +305,50 @@ fn relaxed_handoff_publish_lets_a_rebinder_see_what_was_not_published() {
         "a rebinder reads the published locator",
     );
 }
+
+#[test]
+fn map_relaxed_link_shows_a_half_written_entry() {
+    must_fail(
+        Mutant::MapLinkRelaxed,
+        models::map::insert_races_get,
+        // The reader follows the link before the block's header is
+        // visible to it.
+        "unknown block tag",
+    );
+}
+
+#[test]
+fn map_unlink_before_link_shows_neither_value() {
+    must_fail(
+        Mutant::MapOverwriteUnlinkFirst,
+        models::map::overwrite_races_get,
+        "overwrite seen as None",
+    );
+}
+
+#[test]
+fn map_unlink_dropping_the_tail_hides_the_chain() {
+    must_fail(
+        Mutant::MapUnlinkDropsTail,
+        models::map::delete_races_get,
+        "a delete hid the rest of the chain",
+    );
+}
+
+#[test]
+fn map_reclaim_ignoring_pins_reuses_memory_under_a_reader() {
+    must_fail(
+        Mutant::MapReclaimIgnoresPins,
+        models::map::pinned_reader_never_sees_reuse,
+        "Causality violation",
+    );
+}
+
+#[test]
+fn map_pin_without_fence_lets_memory_be_reused_under_a_reader() {
+    must_fail(
+        Mutant::MapPinSkipFence,
+        models::map::pinned_reader_never_sees_reuse,
+        "Causality violation",
+    );
+}

@@ -6,6 +6,7 @@
 //! `loom_mutations.rs` runs each with its aimed mutation (it must fail).
 
 pub mod handoff;
+pub mod map;
 pub mod queue;
 pub mod rebind;
 
