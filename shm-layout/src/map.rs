@@ -1152,8 +1152,13 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         if let Some(block) = self.bump(class)? {
             return Ok(block);
         }
-        // Two advances free what was retired at the current epoch.
-        for _ in 0..2 {
+        // Two advances free what was retired at the current epoch; readers
+        // pinning all the time may hold an advance back for a moment, so a
+        // few more tries come before a new arena.
+        for attempt in 0..COLLECT_TRIES {
+            if attempt >= 2 {
+                backoff(attempt);
+            }
             self.collect();
             if let Some(block) = self.pop_free(class)? {
                 return Ok(block);
@@ -1582,6 +1587,11 @@ fn locked_load(word: &AtomicU64) -> u64 {
 
 /// Retires per collection attempt.
 const COLLECT_EVERY: u64 = 32;
+/// Collections an allocation tries before adding an arena.
+#[cfg(not(loom))]
+const COLLECT_TRIES: u32 = 16;
+#[cfg(loom)]
+const COLLECT_TRIES: u32 = 2;
 
 /// The `next` word of a block, borrowed for as long as the arenas are.
 fn word_of<R: RingBytes>(block: Block<'_, R>) -> &AtomicU64 {
@@ -1826,9 +1836,17 @@ mod tests {
 
     #[test]
     fn threads_read_whole_values_while_one_writes() {
-        let heap = HeapMap::new(8, &[1 << 16, 1 << 17, 1 << 18]);
+        // Room for everything written: readers preempted while pinned (three
+        // threads on two cores) may hold reuse back for a while.
+        let heap = HeapMap::new(8, &[1 << 16, 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21]);
         let map = heap.map();
         let done = std::sync::atomic::AtomicBool::new(false);
+        struct Done<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
         std::thread::scope(|s| {
             for _ in 0..2 {
                 s.spawn(|| {
@@ -1844,6 +1862,7 @@ mod tests {
                     }
                 });
             }
+            let _done = Done(&done);
             let h = Handle::new(&heap, ME);
             for round in 0..3000u64 {
                 let mut w = h.map.lock(ME, h.slot, alive, None).unwrap();
@@ -1856,7 +1875,6 @@ mod tests {
                         .unwrap();
                 }
             }
-            done.store(true, std::sync::atomic::Ordering::Relaxed);
         });
         let slot = map.claim_pin_slot(ME, alive).unwrap();
         let mut w = map.lock(ME, slot, dead, None).unwrap();
