@@ -16,6 +16,8 @@ use grafos_worker::instance::InstancePaths;
 use grafos_worker::layout::header::{Expect, SegmentKind};
 use grafos_worker::segment::{Segment, SegmentName, list_segments};
 
+mod store_cli;
+
 /// grafos: a shared-memory fabric for multi-process pipelines on one host.
 ///
 /// A supervisor (`grafos up`) leases out shared-memory segments and block
@@ -115,6 +117,12 @@ enum Command {
     /// Every header is validated; a segment that fails validation is listed
     /// with the reason instead of its fields.
     Segments,
+    /// The instance's object store: put, get, ls, rm by
+    /// `fabric://<instance>/<bucket>/<key>` (the URI names the instance).
+    Store {
+        #[command(subcommand)]
+        action: store_cli::StoreAction,
+    },
 }
 
 #[derive(Subcommand)]
@@ -297,6 +305,11 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }
         Command::Segments => segments(paths.instance()).map_err(|e| e.to_string()),
+        Command::Store { action } => match store_cli::run(action) {
+            Ok(true) => Ok(()),
+            Ok(false) => return ExitCode::FAILURE,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -1086,6 +1086,29 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         Ok(replaced)
     }
 
+    /// Copies the value of `key` into `out`, under the lock (what an
+    /// insert or remove right after would replace); whether it was there.
+    ///
+    /// # Errors
+    /// `BadKey`, `ArenaUnavailable`, `Corrupt`.
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, MapError> {
+        check_key(key)?;
+        let hash = hash_key(key);
+        let head = self.map.bucket_head(hash % self.map.nbuckets);
+        let Some((_, block)) = self.find(head, hash, key)? else {
+            return Ok(false);
+        };
+        let mut fields = [0u8; 16];
+        block.read(HASH, &mut fields)?;
+        let (_, key_len, val_len) = decode_fields(&fields);
+        if KEY + key_len + val_len > block.size {
+            return Err(MapError::Corrupt("value length runs past its block"));
+        }
+        out.resize(val_len as usize, 0);
+        block.read(KEY + key_len, out)?;
+        Ok(true)
+    }
+
     /// Removes `key`; whether it was there.
     ///
     /// # Errors

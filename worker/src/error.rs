@@ -68,6 +68,9 @@ pub enum FabricError {
     /// A queue operation failed.
     #[error(transparent)]
     Queue(#[from] QueueError),
+    /// A hash map operation failed.
+    #[error("map: {0}")]
+    Map(#[from] grafos_shm_layout::map::MapError),
     /// A handoff publication did not happen.
     #[error("handoff: {0}")]
     Handoff(#[from] HandoffError),

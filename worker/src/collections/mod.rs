@@ -4,6 +4,7 @@
 //! * [`durable`]: checkpoints in a file, safe against torn writes.
 
 pub mod durable;
+pub mod map;
 pub mod queue;
 
 use crate::error::{FabricError, Result};

@@ -1,0 +1,527 @@
+//! [`FabricHashMap`]: a byte-keyed hash map in leased shared memory that
+//! any process of the instance can open by lease id.
+//!
+//! The algorithm is `grafos_shm_layout::map`: lock-free reads that copy
+//! out under an epoch pin, one writer at a time, arenas added as leases
+//! when it fills, memory reused only after every reader that could see it
+//! moved on, and a writer killed at any instruction repaired by whoever
+//! takes its lock over (or by the supervisor after the death).
+//!
+//! ```no_run
+//! use grafos_worker::collections::map::FabricHashMap;
+//! # fn main() -> grafos_worker::Result<()> {
+//! let map = FabricHashMap::new(256)?;
+//! map.insert(b"user:1", b"alice")?;
+//! assert_eq!(map.get(b"user:1")?.as_deref(), Some(&b"alice"[..]));
+//! let other_process_opens = map.lease_id();
+//! # let _ = other_process_opens; Ok(()) }
+//! ```
+
+use std::ptr::NonNull;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
+
+use grafos_shm_layout::map::{
+    self as layout, Arenas, CONTROL_SIZE, HeapCensus, MapControl, MapError, MapParams, MapRepair,
+    MapStats, PinSlotId,
+};
+
+use crate::error::{FabricError, Result};
+use crate::instance::instance_from_env;
+use crate::mapped::MappedRing;
+use crate::mem::{MemBuilder, MemLease};
+use crate::process::{is_dead, me};
+
+/// Bytes of arena 0 unless set otherwise.
+pub const DEFAULT_ARENA_BYTES: u64 = 1 << 20;
+/// Lease TTL of a map's leases unless set otherwise (seconds).
+pub const DEFAULT_LEASE_SECS: u64 = 3600;
+/// How long a writer waits for a live lock holder before `Busy`.
+const LOCK_PATIENCE: Duration = Duration::from_secs(30);
+
+/// How to make a [`FabricHashMap`].
+#[derive(Clone, Debug)]
+pub struct MapOptions {
+    /// The instance (default: `GRAFOS_INSTANCE`, else `default`).
+    pub instance: String,
+    /// Buckets (a hash width, not a capacity).
+    pub buckets: u64,
+    /// Bytes of the first arena; later arenas double.
+    pub arena_bytes: u64,
+    /// TTL of every lease the map takes (renew with [`FabricHashMap::renew`]
+    /// or a `RenewalManager` over [`FabricHashMap::lease_ids`]).
+    pub lease_secs: u64,
+}
+
+impl MapOptions {
+    /// `buckets` buckets in the instance from the environment.
+    pub fn new(buckets: u64) -> MapOptions {
+        MapOptions {
+            instance: instance_from_env(),
+            buckets,
+            arena_bytes: DEFAULT_ARENA_BYTES,
+            lease_secs: DEFAULT_LEASE_SECS,
+        }
+    }
+}
+
+/// A hash map of byte keys to byte values in shared memory. Cheap to
+/// clone (clones share one mapping); usable from any thread.
+#[derive(Clone)]
+pub struct FabricHashMap {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    lease: MemLease,
+    ctrl: NonNull<MapControl>,
+    buckets: MappedRing,
+    arenas: LeaseArenas,
+    /// Pin slots this process holds and is not using now.
+    slots: Mutex<Vec<PinSlotId>>,
+}
+
+// SAFETY: `ctrl` points into the mapping `lease` keeps alive; the control
+// block is only accessed through atomics (and immutable parameters), so
+// sharing the handle across threads is sound.
+unsafe impl Send for Inner {}
+// SAFETY: as above.
+unsafe impl Sync for Inner {}
+
+impl std::fmt::Debug for FabricHashMap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FabricHashMap")
+            .field("lease_id", &self.lease_id())
+            .field("buckets", &self.buckets())
+            .finish()
+    }
+}
+
+/// Where a map's arenas are mapped in this process: arena 0 in the map's
+/// own lease, the others in leases of their own, opened on first use.
+pub(crate) struct LeaseArenas {
+    instance: String,
+    lease_secs: u64,
+    arena0: MappedRing,
+    extra: Vec<OnceLock<(MemLease, MappedRing)>>,
+    /// Why the last `arena` or `grow` failed (the layout reports only
+    /// that it did).
+    failure: Mutex<Option<FabricError>>,
+}
+
+impl LeaseArenas {
+    fn fail(&self, error: FabricError) {
+        *self.failure.lock().unwrap_or_else(|e| e.into_inner()) = Some(error);
+    }
+
+    fn take_failure(&self) -> Option<FabricError> {
+        self.failure
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take()
+    }
+}
+
+fn ring_of(lease: &MemLease, len: u64) -> MappedRing {
+    MappedRing::new(lease.segment().body(), len.min(lease.len()))
+}
+
+impl Arenas for LeaseArenas {
+    type Bytes = MappedRing;
+
+    fn arena(&self, index: u32, lease_id: u64, len: u64) -> Option<&MappedRing> {
+        if index == 0 {
+            return Some(&self.arena0);
+        }
+        let cell = self.extra.get(index as usize)?;
+        if let Some((_, ring)) = cell.get() {
+            return Some(ring);
+        }
+        match MemLease::open_in(&self.instance, lease_id) {
+            Ok(lease) => {
+                let ring = ring_of(&lease, len);
+                // A racing thread may have set it first: use theirs.
+                let _ = cell.set((lease, ring));
+                cell.get().map(|(_, ring)| ring)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+
+    fn grow(&self, index: u32, min_len: u64) -> Option<(u64, u64)> {
+        let cell = self.extra.get(index as usize)?;
+        let lease = MemBuilder::new()
+            .instance(&self.instance)
+            .min_bytes(min_len)
+            .lease_secs(self.lease_secs)
+            .acquire();
+        match lease {
+            Ok(lease) => {
+                let granted = (lease.lease_id(), lease.len());
+                let ring = ring_of(&lease, lease.len());
+                if let Err((lease, _)) = cell.set((lease, ring)) {
+                    // Mapped by an earlier reader of a table entry a dead
+                    // writer never published: that lease is stale.
+                    let _ = lease.release();
+                    self.fail(FabricError::InvalidArgument(format!(
+                        "arena {index} is mapped already"
+                    )));
+                    return None;
+                }
+                Some(granted)
+            }
+            Err(e) => {
+                self.fail(e);
+                None
+            }
+        }
+    }
+}
+
+type LayoutMap<'a> = layout::Map<'a, MappedRing, LeaseArenas>;
+
+impl FabricHashMap {
+    /// A map of `buckets` buckets in the instance `GRAFOS_INSTANCE` names.
+    ///
+    /// # Errors
+    /// `InvalidArgument` for a bucket count of 0 or over 2^24; lease errors
+    /// (`NoBudget`, `Disconnected`, ...).
+    pub fn new(buckets: u64) -> Result<FabricHashMap> {
+        FabricHashMap::with_options(&MapOptions::new(buckets))
+    }
+
+    /// A map made as `options` say.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::new`].
+    pub fn with_options(options: &MapOptions) -> Result<FabricHashMap> {
+        let params = MapParams::new(options.buckets).map_err(|_| {
+            FabricError::InvalidArgument(format!(
+                "{} buckets: a map has 1 to {} buckets",
+                options.buckets,
+                layout::MAX_BUCKETS
+            ))
+        })?;
+        let arena0 = options.arena_bytes.max(4096);
+        let lease = MemBuilder::new()
+            .instance(&options.instance)
+            .min_bytes(CONTROL_SIZE + params.buckets_len() + arena0)
+            .lease_secs(options.lease_secs)
+            .acquire()?;
+        let ctrl = control_of(&lease)?;
+        let arena0_len = lease.len() - CONTROL_SIZE - params.buckets_len();
+        // SAFETY: the lease is fresh (zeroed, nobody else knows its id
+        // yet) and holds CONTROL_SIZE bytes at its 128-aligned body start.
+        unsafe { MapControl::init_in_place(ctrl.as_ptr(), params, lease.lease_id(), arena0_len) };
+        FabricHashMap::from_lease(lease, &options.instance, options.lease_secs)
+    }
+
+    /// Opens map `lease_id` of the instance `GRAFOS_INSTANCE` names.
+    ///
+    /// # Errors
+    /// `UnknownLease`, `LeaseExpired`, `Layout` if the lease holds no map.
+    pub fn open(lease_id: u64) -> Result<FabricHashMap> {
+        FabricHashMap::open_in(&instance_from_env(), lease_id)
+    }
+
+    /// Opens map `lease_id` of `instance`.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::open`].
+    pub fn open_in(instance: &str, lease_id: u64) -> Result<FabricHashMap> {
+        let lease = MemLease::open_in(instance, lease_id)?;
+        lease.check()?;
+        let secs = (lease.deadline_ms() / 1000).saturating_sub(crate::host::unix_time_secs());
+        FabricHashMap::from_lease(lease, instance, secs.max(1))
+    }
+
+    /// Binds to the map in `lease` (made or opened), checking its layout.
+    fn from_lease(lease: MemLease, instance: &str, lease_secs: u64) -> Result<FabricHashMap> {
+        let ctrl = control_of(&lease)?;
+        // SAFETY: in bounds (checked by `control_of`), aligned, mapped
+        // while the lease lives; only atomics and a Pod copy are read.
+        let params = unsafe { ctrl.as_ref() }.params();
+        let corrupt = |what: &'static str| FabricError::Layout {
+            name: lease.segment().name().to_string(),
+            source: grafos_shm_layout::LayoutError::Corrupt(what),
+        };
+        if params.magic != layout::MAP_MAGIC {
+            return Err(corrupt("the lease holds no map"));
+        }
+        let params = MapParams::new(params.buckets).map_err(|_| corrupt("bucket count"))?;
+        let buckets_at = CONTROL_SIZE;
+        let arena0_at = buckets_at + params.buckets_len();
+        if arena0_at + layout::ARENA_START > lease.len() {
+            return Err(corrupt("lease too small for its buckets"));
+        }
+        let body = lease.segment().body();
+        // SAFETY: both offsets are inside the body (checked above).
+        let (buckets_ptr, arena0_ptr) = unsafe {
+            (
+                NonNull::new_unchecked(body.as_ptr().add(buckets_at as usize)),
+                NonNull::new_unchecked(body.as_ptr().add(arena0_at as usize)),
+            )
+        };
+        let arenas = LeaseArenas {
+            instance: instance.to_string(),
+            lease_secs,
+            arena0: MappedRing::new(arena0_ptr, lease.len() - arena0_at),
+            extra: (0..layout::MAX_ARENAS).map(|_| OnceLock::new()).collect(),
+            failure: Mutex::new(None),
+        };
+        let inner = Inner {
+            buckets: MappedRing::new(buckets_ptr, params.buckets_len()),
+            ctrl,
+            arenas,
+            lease,
+            slots: Mutex::new(Vec::new()),
+        };
+        inner.map().map_err(|e| inner.error(e))?;
+        Ok(FabricHashMap {
+            inner: Arc::new(inner),
+        })
+    }
+
+    /// The control lease's id: what another process passes to `open`.
+    pub fn lease_id(&self) -> u64 {
+        self.inner.lease.lease_id()
+    }
+
+    /// The leases the map holds (its own first, then its arenas'): renew
+    /// them all to keep the map.
+    ///
+    /// # Errors
+    /// `LeaseExpired`, `LeasePoisoned`, `Layout`.
+    pub fn lease_ids(&self) -> Result<Vec<u64>> {
+        let map = self.inner.checked()?;
+        let mut ids = map.arena_leases();
+        ids[0] = self.lease_id();
+        Ok(ids)
+    }
+
+    /// Moves the deadline of every lease of the map to `lease_secs` from
+    /// now.
+    ///
+    /// # Errors
+    /// The first renewal that failed (the others are still tried).
+    pub fn renew(&self, lease_secs: u64) -> Result<()> {
+        let mut first = self.inner.lease.renew(lease_secs).err();
+        for id in self.lease_ids()?.into_iter().skip(1) {
+            if let Err(e) = crate::lease::renew(&self.inner.arenas.instance, id, lease_secs) {
+                first.get_or_insert(e);
+            }
+        }
+        first.map_or(Ok(()), Err)
+    }
+
+    /// Number of buckets.
+    pub fn buckets(&self) -> u64 {
+        // SAFETY: as in `from_lease`.
+        unsafe { self.inner.ctrl.as_ref() }.params().buckets
+    }
+
+    /// The value of `key`, copied out; `None` if absent.
+    ///
+    /// # Errors
+    /// `LeaseExpired`/`LeasePoisoned` once the map's lease ended;
+    /// `InvalidArgument` for an empty or over-long key; `Layout` if the map
+    /// is corrupt.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>> {
+        let mut out = Vec::new();
+        Ok(self.get_into(key, &mut out)?.then_some(out))
+    }
+
+    /// Copies the value of `key` into `out` (reusing its allocation);
+    /// whether it was there.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::get`].
+    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool> {
+        let map = self.inner.checked()?;
+        self.inner.with_slot(&map, |slot| {
+            let pin = map.pin(slot);
+            map.get_into(&pin, key, out)
+        })
+    }
+
+    /// Stores `value` under `key`; whether it replaced a value.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::get`], plus `NoBudget` when no arena can be
+    /// added and `InvalidArgument` for an entry over 1 GiB.
+    pub fn insert(&self, key: &[u8], value: &[u8]) -> Result<bool> {
+        self.write(|w| w.insert(key, value))
+    }
+
+    /// Removes `key`; whether it was there.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::get`].
+    pub fn remove(&self, key: &[u8]) -> Result<bool> {
+        self.write(|w| w.remove(key))
+    }
+
+    /// Runs `f` under the writer lock (the map's writers take turns;
+    /// readers never wait).
+    ///
+    /// # Errors
+    /// As `f`'s, plus `Map(Busy)` if a live process held the lock for
+    /// longer than 30 s.
+    pub(crate) fn write<R>(
+        &self,
+        f: impl FnOnce(&mut layout::Writer<'_, MappedRing, LeaseArenas>) -> Result<R, MapError>,
+    ) -> Result<R> {
+        let map = self.inner.checked()?;
+        self.inner.with_slot(&map, |slot| {
+            let deadline = Instant::now().checked_add(LOCK_PATIENCE);
+            let mut writer = map.lock(me(), slot, is_dead, deadline)?;
+            f(&mut writer)
+        })
+    }
+
+    /// Calls `f` with every key of `bucket` (a snapshot per bucket: keys
+    /// inserted or removed meanwhile may or may not appear).
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::get`].
+    pub fn keys_in_bucket(&self, bucket: u64, f: impl FnMut(&[u8])) -> Result<()> {
+        let map = self.inner.checked()?;
+        self.inner.with_slot(&map, |slot| {
+            let pin = map.pin(slot);
+            map.keys_in_bucket(&pin, bucket, f)
+        })
+    }
+
+    /// The map's counters.
+    ///
+    /// # Errors
+    /// `LeaseExpired`, `LeasePoisoned`, `Layout`.
+    pub fn stats(&self) -> Result<MapStats> {
+        Ok(self.inner.checked()?.stats())
+    }
+
+    /// Frees every retired block whose readers moved on; blocks freed.
+    ///
+    /// # Errors
+    /// As [`FabricHashMap::write`].
+    pub fn reclaim(&self) -> Result<u64> {
+        self.write(|w| Ok(w.reclaim()))
+    }
+
+    /// Counts blocks by state under the writer lock and checks that
+    /// exactly the reachable ones are in use (no leak).
+    ///
+    /// # Errors
+    /// `Map(Corrupt)` naming what is wrong; as [`FabricHashMap::write`].
+    pub fn check(&self) -> Result<HeapCensus> {
+        self.write(|w| w.check())
+    }
+
+    /// Repairs after dead processes: clears their pins, and if the writer
+    /// lock names a dead process, takes it over and rebuilds the heap.
+    /// What the rebuild did, if one ran.
+    ///
+    /// # Errors
+    /// `Map(Corrupt)`; lease errors.
+    pub fn repair_dead(&self) -> Result<Option<MapRepair>> {
+        let map = self.inner.checked()?;
+        map.clear_dead_pins(is_dead);
+        let holder = map.lock_holder();
+        if holder == 0 || holder == me() || !is_dead(holder) {
+            return Ok(None);
+        }
+        self.inner
+            .with_slot(&map, |slot| map.take_over(holder, me(), slot, is_dead))
+    }
+
+    /// The pins held now (slot, holder, whether it holds reuse back).
+    ///
+    /// # Errors
+    /// `LeaseExpired`, `LeasePoisoned`, `Layout`.
+    pub fn pins(&self) -> Result<Vec<layout::PinSeen>> {
+        Ok(self.inner.checked()?.pins())
+    }
+}
+
+impl Inner {
+    fn map(&self) -> Result<LayoutMap<'_>, MapError> {
+        // SAFETY: as in `from_lease`.
+        let ctrl = unsafe { self.ctrl.as_ref() };
+        layout::Map::new(ctrl, &self.buckets, &self.arenas)
+    }
+
+    /// The map, once the lease is known to be live.
+    fn checked(&self) -> Result<LayoutMap<'_>> {
+        self.lease.check()?;
+        self.map().map_err(|e| self.error(e))
+    }
+
+    /// Runs `f` with a pin slot of this process (claimed on first need,
+    /// kept for the next call).
+    fn with_slot<R>(
+        &self,
+        map: &LayoutMap<'_>,
+        f: impl FnOnce(PinSlotId) -> Result<R, MapError>,
+    ) -> Result<R> {
+        let pooled = self.slots.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let slot = match pooled {
+            Some(slot) => slot,
+            None => map
+                .claim_pin_slot(me(), is_dead)
+                .map_err(|e| self.error(e))?,
+        };
+        let result = f(slot);
+        self.slots
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(slot);
+        result.map_err(|e| self.error(e))
+    }
+
+    /// A layout error as the caller should see it: the lease's own error
+    /// when it ended, the arena's when one could not be had.
+    fn error(&self, e: MapError) -> FabricError {
+        if let Err(ended) = self.lease.check() {
+            return ended;
+        }
+        match e {
+            MapError::ArenaUnavailable { .. } | MapError::OutOfMemory { .. } => {
+                self.arenas.take_failure().unwrap_or(FabricError::Map(e))
+            }
+            MapError::BadKey { .. } | MapError::TooLarge { .. } => {
+                FabricError::InvalidArgument(e.to_string())
+            }
+            e => FabricError::Map(e),
+        }
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        let slots = std::mem::take(self.slots.get_mut().unwrap_or_else(|e| e.into_inner()));
+        if let Ok(map) = self.map() {
+            for slot in slots {
+                map.release_pin_slot(slot, me());
+            }
+        }
+    }
+}
+
+/// The control block at the start of a lease, bounds- and
+/// alignment-checked.
+fn control_of(lease: &MemLease) -> Result<NonNull<MapControl>> {
+    let body = lease.segment().body();
+    if lease.len() < CONTROL_SIZE || !(body.as_ptr() as usize).is_multiple_of(128) {
+        return Err(FabricError::Layout {
+            name: lease.segment().name().to_string(),
+            source: grafos_shm_layout::LayoutError::TooSmall {
+                size: lease.len(),
+                needed: CONTROL_SIZE,
+            },
+        });
+    }
+    Ok(body.cast())
+}
