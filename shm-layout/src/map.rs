@@ -854,6 +854,20 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         }
     }
 
+    /// The arenas' lease ids and lengths, arena 0 first.
+    pub fn arena_table(&self) -> Vec<(u64, u64)> {
+        let count = self.ctrl.heap.0.arena_count.load(Ordering::Acquire);
+        self.ctrl.arenas.0[..count.min(MAX_ARENAS as u64) as usize]
+            .iter()
+            .map(|a| {
+                (
+                    a.lease_id.load(Ordering::Relaxed),
+                    a.len.load(Ordering::Relaxed),
+                )
+            })
+            .collect()
+    }
+
     /// The arenas' lease ids (arena 0 first; 0 for an arena without one).
     pub fn arena_leases(&self) -> Vec<u64> {
         let count = self.ctrl.heap.0.arena_count.load(Ordering::Acquire);

@@ -309,8 +309,21 @@ impl FabricHashMap {
     /// The first renewal that failed (the others are still tried).
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         let mut first = self.inner.lease.renew(lease_secs).err();
-        for id in self.lease_ids()?.into_iter().skip(1) {
-            if let Err(e) = crate::lease::renew(&self.inner.arenas.instance, id, lease_secs) {
+        let map = self.inner.checked()?;
+        let arenas = &self.inner.arenas;
+        for (index, (id, len)) in map.arena_table().into_iter().enumerate().skip(1) {
+            // Renewing takes a hold: map the arena (which opens its lease)
+            // if this process has not yet.
+            let slot = arenas
+                .arena(index as u32, id, len)
+                .and(arenas.extra[index].get());
+            let renewed = match slot {
+                Some((lease, _)) => lease.renew(lease_secs),
+                None => Err(arenas
+                    .take_failure()
+                    .unwrap_or(FabricError::UnknownLease(id))),
+            };
+            if let Err(e) = renewed {
                 first.get_or_insert(e);
             }
         }

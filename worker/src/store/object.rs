@@ -237,7 +237,9 @@ impl MemObjectStore {
             .into_iter()
             .skip(self.map.lease_ids()?.len())
         {
-            if let Err(e) = crate::lease::renew(&self.instance, id, lease_secs) {
+            // Renewing takes a hold; this one ends with the handle.
+            let renewed = MemLease::open_in(&self.instance, id).and_then(|l| l.renew(lease_secs));
+            if let Err(e) = renewed {
                 first.get_or_insert(e);
             }
         }

@@ -1,0 +1,521 @@
+//! The object store between real processes: writers and readers SIGKILLed
+//! at random and at crash points inside insert, overwrite, delete and
+//! reclamation, checked against a log of acknowledged operations; and a
+//! store whose leases are not renewed, seen to expire and leave nothing in
+//! `/dev/shm`.
+//!
+//! One binary with its own harness (a supervisor for a private instance
+//! runs on a thread); it re-executes itself as the peer processes
+//! (`GRAFOS_STORE_PEER=writer|reader`).
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use grafos_runtime::supervisor::Config;
+use grafos_shm_layout::crash::{self, CrashPoint};
+use grafos_worker::FabricError;
+use grafos_worker::collections::map::MapOptions;
+use grafos_worker::instance::InstancePaths;
+use grafos_worker::segment::list_segments;
+use grafos_worker::store::{FabricUri, MemObjectStore, ObjectStore, PutOptions};
+
+const PEER_ENV: &str = "GRAFOS_STORE_PEER";
+const LOG_ENV: &str = "GRAFOS_STORE_LOG";
+const CRASH_ENV: &str = "GRAFOS_STORE_CRASH";
+/// Keys per writer.
+const KEYS: u64 = 24;
+/// Every test ends within this.
+const TEST_BUDGET: Duration = Duration::from_secs(60);
+
+fn main() {
+    if let Ok(role) = std::env::var(PEER_ENV) {
+        return peer(&role);
+    }
+    let instance = format!("store{}", std::process::id());
+    let root = std::env::temp_dir().join(format!("grafos-store-{instance}"));
+    let _ = std::fs::remove_dir_all(&root);
+    // SAFETY: nothing else runs yet: no thread reads the environment.
+    unsafe {
+        std::env::set_var("GRAFOS_INSTANCE", &instance);
+        std::env::set_var("GRAFOS_RUNTIME_DIR", &root);
+    }
+    let paths = InstancePaths::new(&instance).expect("a valid instance name");
+    let supervisor = start_supervisor(&paths, root.join("data"));
+    let tests: [(&str, Test); 2] = [
+        ("unrenewed_store_expires_and_leaves_nothing", expiry),
+        (
+            "writers_and_readers_killed_lose_nothing_and_leak_nothing",
+            kills,
+        ),
+    ];
+    let filters: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let mut failed = Vec::new();
+    for (name, test) in tests {
+        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
+            continue;
+        }
+        let started = Instant::now();
+        match std::panic::catch_unwind(|| test(&root)) {
+            Ok(()) => println!("test {name} ... ok ({:.1?})", started.elapsed()),
+            Err(_) => {
+                println!("test {name} ... FAILED");
+                failed.push(name);
+            }
+        }
+    }
+    grafos_runtime::up::down(&paths).expect("grafos down");
+    supervisor.join().expect("the supervisor thread ends");
+    let left = list_segments(&instance).expect("/dev/shm is readable");
+    let _ = std::fs::remove_dir_all(&root);
+    assert!(left.is_empty(), "segments left in /dev/shm: {left:?}");
+    if !failed.is_empty() {
+        println!("failed: {failed:?}");
+        std::process::exit(1);
+    }
+}
+
+/// A test: runs in the harness process with the runtime root.
+type Test = fn(&Path);
+
+fn start_supervisor(paths: &InstancePaths, data_dir: PathBuf) -> std::thread::JoinHandle<()> {
+    let config = Config {
+        pool_size: 512 << 20,
+        block_pool_size: 16 << 20,
+        data_dir,
+        grace: Duration::from_secs(1),
+        claim_age_limit: Duration::from_secs(10),
+    };
+    let (ready, started) = std::sync::mpsc::channel();
+    let paths = paths.clone();
+    let thread = std::thread::spawn(move || {
+        grafos_runtime::up::run_foreground(&paths, config, |_| {
+            let _ = ready.send(());
+        })
+        .expect("the supervisor starts");
+    });
+    started
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the supervisor answers");
+    thread
+}
+
+fn instance() -> String {
+    std::env::var("GRAFOS_INSTANCE").expect("set by the harness")
+}
+
+fn uri(writer: u64, key: u64) -> FabricUri {
+    FabricUri::new(&instance(), &format!("w{writer}"), &format!("k{key}")).expect("valid uri")
+}
+
+/// The bytes of operation `op` of generation `gen` of `writer` on `key`:
+/// a header naming them, then a pattern they determine. Every 40th is a
+/// large object (a lease of its own).
+fn value(writer: u64, generation: u64, op: u64, key: u64) -> Vec<u8> {
+    let len = if op % 40 == 39 {
+        70_000
+    } else {
+        48 + (op * 37 + key * 11) % 1500
+    } as usize;
+    let mut v = Vec::with_capacity(len);
+    for word in [writer, generation, op, key, len as u64] {
+        v.extend_from_slice(&word.to_le_bytes());
+    }
+    v.extend((40..len).map(|j| (writer * 31 + generation * 7 + op + j as u64) as u8));
+    v
+}
+
+/// Whether `v` is a whole value of some operation (not torn).
+fn well_formed(v: &[u8]) -> bool {
+    if v.len() < 40 {
+        return false;
+    }
+    let word = |i: usize| u64::from_le_bytes(v[i * 8..i * 8 + 8].try_into().unwrap());
+    word(4) == v.len() as u64 && value(word(0), word(1), word(2), word(3)) == v
+}
+
+// ---- peers ----------------------------------------------------------
+
+fn peer(role: &str) {
+    let log = std::env::var(LOG_ENV).expect("log path");
+    let mut log = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log)
+        .expect("open the log");
+    // Ends a line the previous peer may have left half-written when it
+    // was killed.
+    log.write_all(b"\n").expect("write the log");
+    if let Ok(arm) = std::env::var(CRASH_ENV) {
+        arm_crash(&arm);
+    }
+    let store = MemObjectStore::open().expect("open the store");
+    match role.split_once(':') {
+        Some(("writer", args)) => {
+            let (w, g) = args.split_once(':').expect("writer:W:G");
+            writer(&store, &mut log, w.parse().unwrap(), g.parse().unwrap());
+        }
+        _ => reader(
+            &store,
+            &mut log,
+            role.strip_prefix("reader:").unwrap().parse().unwrap(),
+        ),
+    }
+}
+
+/// Puts and deletes on its own keys forever, logging an intent before and
+/// an acknowledgement after each operation.
+fn writer(store: &MemObjectStore, log: &mut std::fs::File, w: u64, g: u64) {
+    for op in 0.. {
+        let key = (op * 7 + g) % KEYS;
+        let delete = op % 9 == 8;
+        let kind = if delete { 'D' } else { 'P' };
+        log_line(log, &format!("I {w} {g} {op} {key} {kind}"));
+        let uri = uri(w, key);
+        if delete {
+            store.delete(&uri).expect("delete");
+        } else {
+            store.put(&uri, &value(w, g, op, key), None).expect("put");
+        }
+        log_line(log, &format!("A {w} {g} {op} {key} {kind}"));
+    }
+}
+
+/// Reads every writer's keys forever, logging any value that is not whole.
+fn reader(store: &MemObjectStore, log: &mut std::fs::File, writers: u64) {
+    let mut n = 0u64;
+    loop {
+        n += 1;
+        let uri = uri(n % writers, (n / writers) % KEYS);
+        match store.get(&uri) {
+            Ok(Some(v)) if !well_formed(&v) => {
+                log_line(log, &format!("V {uri} torn value of {} bytes", v.len()));
+            }
+            Ok(_) => {}
+            Err(e) => log_line(log, &format!("V {uri} get failed: {e}")),
+        }
+    }
+}
+
+/// Appends a line in one write (an appended write is whole or absent
+/// when its process is killed).
+fn log_line(log: &mut std::fs::File, line: &str) {
+    log.write_all(format!("{line}\n").as_bytes())
+        .expect("write the log");
+}
+
+fn arm_crash(arm: &str) {
+    static ARMED: std::sync::OnceLock<(CrashPoint, u64)> = std::sync::OnceLock::new();
+    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let (point, hit) = arm.split_once(':').expect("POINT:HIT");
+    let _ = ARMED.set((
+        CrashPoint::from_name(point).expect("a crash point"),
+        hit.parse().unwrap(),
+    ));
+    fn hook(at: CrashPoint) {
+        let (point, hit) = ARMED.get().copied().expect("armed");
+        if at == point && HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == hit {
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+    crash::set_hook(hook);
+}
+
+// ---- harness --------------------------------------------------------
+
+struct Peers {
+    log: PathBuf,
+    deadline: Instant,
+}
+
+impl Peers {
+    fn spawn(&self, role: &str, crash_at: Option<(CrashPoint, u64)>) -> Child {
+        let mut cmd = Command::new(std::env::current_exe().unwrap());
+        cmd.env(PEER_ENV, role).env(LOG_ENV, &self.log);
+        if let Some((point, hit)) = crash_at {
+            cmd.env(CRASH_ENV, format!("{}:{hit}", point.name()));
+        }
+        cmd.spawn().expect("spawn a peer")
+    }
+
+    fn log_len(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
+    /// Waits for `child` to exit.
+    fn reap(&self, child: &mut Child) -> std::process::ExitStatus {
+        loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                Instant::now() < self.deadline,
+                "a peer did not exit in time"
+            );
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    /// Waits until the log grew by `bytes` past `from`.
+    fn wait_progress(&self, from: u64, bytes: u64) {
+        while self.log_len() < from + bytes {
+            assert!(Instant::now() < self.deadline, "peers made no progress");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+    }
+
+    fn kill(&self, child: &mut Child) {
+        child.kill().expect("SIGKILL a peer we started");
+        let status = self.reap(child);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "peer ended by {status}, not SIGKILL"
+        );
+    }
+}
+
+fn kills(root: &Path) {
+    const WRITERS: u64 = 2;
+    const KILLS: u32 = 110;
+    let store = MemObjectStore::new(64).expect("the store");
+    let peers = Peers {
+        log: root.join("store-ops.log"),
+        deadline: Instant::now() + TEST_BUDGET,
+    };
+    std::fs::write(&peers.log, b"").unwrap();
+    let mut generation = [0u64; WRITERS as usize];
+    let mut writers: Vec<Child> = (0..WRITERS)
+        .map(|w| peers.spawn(&format!("writer:{w}:0"), None))
+        .collect();
+    let mut reader = peers.spawn(&format!("reader:{WRITERS}"), None);
+    let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+    let mut next = || {
+        rng ^= rng << 13;
+        rng ^= rng >> 7;
+        rng ^= rng << 17;
+        rng
+    };
+    // Random kills of writers and readers (readers mostly die holding a
+    // pin: reading is all they do).
+    let mut writer_kills = 0;
+    let mut reader_kills = 0;
+    for _ in 0..KILLS {
+        peers.wait_progress(peers.log_len(), 256);
+        std::thread::sleep(Duration::from_micros(next() % 3000));
+        if next() % 3 == 0 {
+            peers.kill(&mut reader);
+            reader_kills += 1;
+            reader = peers.spawn(&format!("reader:{WRITERS}"), None);
+        } else {
+            let w = (next() % WRITERS) as usize;
+            peers.kill(&mut writers[w]);
+            writer_kills += 1;
+            generation[w] += 1;
+            writers[w] = peers.spawn(&format!("writer:{w}:{}", generation[w]), None);
+        }
+    }
+    // Crash points: a writer killed exactly inside each window.
+    let mut crash_kills = 0;
+    for (i, point) in [
+        CrashPoint::MapAfterAlloc,
+        CrashPoint::MapMidWrite,
+        CrashPoint::MapAfterLink,
+        CrashPoint::MapAfterUnlink,
+        CrashPoint::MapMidCollect,
+    ]
+    .into_iter()
+    .cycle()
+    .take(15)
+    .enumerate()
+    {
+        let w = i % WRITERS as usize;
+        peers.kill(&mut writers[w]);
+        generation[w] += 1;
+        let hit = 1 + next() % 30;
+        let mut armed = peers.spawn(&format!("writer:{w}:{}", generation[w]), Some((point, hit)));
+        let status = peers.reap(&mut armed);
+        assert_eq!(
+            status.signal(),
+            Some(9),
+            "armed writer at {point:?} ended by {status}"
+        );
+        crash_kills += 1;
+        generation[w] += 1;
+        writers[w] = peers.spawn(&format!("writer:{w}:{}", generation[w]), None);
+        peers.wait_progress(peers.log_len(), 256);
+    }
+    for child in writers.iter_mut().chain([&mut reader]) {
+        peers.kill(child);
+    }
+    assert!(writer_kills + reader_kills + crash_kills >= 100);
+    println!(
+        "  {writer_kills} writer kills, {reader_kills} reader kills, {crash_kills} crash-point kills"
+    );
+
+    // Repair what the last kills left, reclaim, and check.
+    let map = store.map();
+    map.repair_dead().expect("repair");
+    map.reclaim().expect("reclaim");
+    let census = map
+        .check()
+        .expect("exactly the reachable blocks are in use");
+    let stats = map.stats().unwrap();
+    println!("  {census:?}\n  {stats:?}");
+    assert!(
+        stats.repairs >= 5,
+        "dead writers' locks were taken over: {stats:?}"
+    );
+    assert!(
+        stats.recovered_blocks > 0,
+        "repairs found orphaned blocks: {stats:?}"
+    );
+    assert_eq!(stats.retired_bytes, 0, "everything retired was freed");
+    assert_eq!(stats.used_bytes, census.used_bytes);
+
+    let log = std::fs::read_to_string(&peers.log).unwrap();
+    let violations: Vec<&str> = log.lines().filter(|l| l.starts_with('V')).collect();
+    assert!(violations.is_empty(), "readers saw: {violations:?}");
+    check_against_log(&store, &log, WRITERS);
+    assert_eq!(census.reachable, stats.entries);
+}
+
+/// Every key holds the value of its last acknowledged operation, or of an
+/// operation begun after it and never acknowledged (its writer was
+/// killed); nothing else.
+fn check_against_log(store: &MemObjectStore, log: &str, writers: u64) {
+    type Op = (u64, u64, char);
+    // Per (writer, key): the last acknowledged op and the intents after it.
+    let mut state: BTreeMap<(u64, u64), (Option<Op>, Vec<Op>)> = BTreeMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split(' ').collect();
+        if f.len() != 6 || !(f[0] == "I" || f[0] == "A") {
+            continue;
+        }
+        let Ok(nums) = [1, 2, 3, 4]
+            .map(|i| f[i].parse::<u64>())
+            .into_iter()
+            .collect::<Result<Vec<_>, _>>()
+        else {
+            continue;
+        };
+        let n = |i: usize| nums[i - 1];
+        let op: Op = (n(2), n(3), f[5].chars().next().unwrap());
+        let entry = state.entry((n(1), n(4))).or_default();
+        if f[0] == "I" {
+            entry.1.push(op);
+        } else {
+            *entry = (Some(op), Vec::new());
+        }
+    }
+    let mut acked_puts = 0;
+    for w in 0..writers {
+        for key in 0..KEYS {
+            let (acked, pending) = state.remove(&(w, key)).unwrap_or_default();
+            let candidates: Vec<Option<Vec<u8>>> = acked
+                .into_iter()
+                .chain(pending)
+                .map(|(g, op, kind)| (kind == 'P').then(|| value(w, g, op, key)))
+                .collect();
+            let found = store.get(&uri(w, key)).expect("get");
+            let allowed = if candidates.is_empty() {
+                found.is_none()
+            } else {
+                candidates.contains(&found)
+            };
+            assert!(
+                allowed,
+                "w{w}/k{key}: found {:?}, acknowledged then pending: {:?}",
+                found.as_ref().map(|v| &v[..40.min(v.len())]),
+                candidates
+                    .iter()
+                    .map(|c| c.as_ref().map(Vec::len))
+                    .collect::<Vec<_>>()
+            );
+            acked_puts += usize::from(found.is_some());
+        }
+    }
+    assert!(acked_puts > 0, "some keys hold values");
+}
+
+fn expiry(root: &Path) {
+    let _ = root;
+    let store = MemObjectStore::with_options(&MapOptions {
+        lease_secs: 2,
+        arena_bytes: 64 << 10,
+        ..MapOptions::new(16)
+    })
+    .expect("a store with 2 s leases");
+    let deadline = Instant::now() + TEST_BUDGET;
+    // Enough objects for a second arena, and a large object.
+    for i in 0..200u64 {
+        store.put(&uri(9, i), &value(9, 0, i, i), None).unwrap();
+    }
+    let big = uri(9, 1000);
+    store
+        .put(
+            &big,
+            &vec![7u8; 100_000],
+            Some(PutOptions {
+                ttl: None,
+                content_type: Some("x/y".into()),
+            }),
+        )
+        .unwrap();
+    let leases = store.lease_ids().unwrap();
+    assert!(
+        leases.len() >= 3,
+        "control, arenas and a large object: {leases:?}"
+    );
+    // Renewed, it outlives its TTL.
+    let renewed_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < renewed_until {
+        store.renew(2).unwrap();
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(store.get(&big).unwrap().map(|v| v.len()), Some(100_000));
+    // Not renewed, it expires: every call says so.
+    loop {
+        match store.get(&uri(9, 0)) {
+            Err(FabricError::LeaseExpired(_)) => break,
+            Ok(_) => {}
+            Err(e) => panic!("get before expiry: {e}"),
+        }
+        assert!(Instant::now() < deadline, "the store never expired");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let expired = |r: Result<(), FabricError>| matches!(r, Err(FabricError::LeaseExpired(_)));
+    assert!(expired(store.get(&big).map(drop)));
+    assert!(expired(store.head(&big).map(drop)));
+    assert!(expired(store.put(&big, b"x", None).map(drop)));
+    assert!(expired(store.delete(&big).map(drop)));
+    assert!(expired(store.list("").map(drop)));
+    assert!(expired(store.map().insert(b"k", b"v").map(drop)));
+    assert!(expired(MemObjectStore::open().map(drop)));
+    drop(store);
+    // After the grace period, none of its segments is left.
+    let names: Vec<String> = leases.iter().map(|id| format!("lease.{id}")).collect();
+    loop {
+        let left: Vec<String> = list_segments(&instance())
+            .unwrap()
+            .into_iter()
+            .filter(|s| names.contains(s))
+            .collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "segments of the expired store left: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
