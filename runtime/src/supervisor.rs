@@ -14,6 +14,7 @@ use grafos_worker::FabricError;
 
 use crate::group::{Group, read_status};
 use crate::topology::Topology;
+use grafos_worker::collections::map::FabricHashMap;
 use grafos_worker::collections::queue::{FabricQueue, QueueInspector};
 use grafos_worker::control::{
     BLOCK_SIZE, ControlError, LeaseGrant, LeaseKind, Reply, Request, decode, encode,
@@ -168,6 +169,13 @@ pub struct Supervisor {
     watched_queues: BTreeMap<String, QueueInspector>,
     /// Stuck claimers already killed (packed identities).
     stuck_killed: BTreeSet<u64>,
+    /// Hash maps in memory leases, kept mapped by object name.
+    watched_maps: BTreeMap<String, FabricHashMap>,
+    /// Lease segments known to hold no map.
+    not_maps: BTreeSet<String>,
+    /// Pins seen holding reuse back, by map, slot and pin word, with when
+    /// each was first seen.
+    pins_seen: BTreeMap<(String, usize, u64), Instant>,
     shutdown_requested: bool,
 }
 
@@ -322,6 +330,9 @@ impl Supervisor {
             claims_seen: BTreeMap::new(),
             next_claim_scan: Instant::now(),
             watched_queues: BTreeMap::new(),
+            watched_maps: BTreeMap::new(),
+            not_maps: BTreeSet::new(),
+            pins_seen: BTreeMap::new(),
             stuck_killed: BTreeSet::new(),
             shutdown_requested: false,
         }
@@ -1118,6 +1129,7 @@ impl Supervisor {
                     "participant died"
                 );
                 self.repair_queues();
+                self.repair_maps();
                 let _ = std::fs::remove_file(liveness_file(&self.paths, participant.process));
             }
         }
@@ -1162,7 +1174,12 @@ impl Supervisor {
                     && holder.is_stopped()
                     && self.is_ours(holder)
                 {
-                    self.kill_stuck(holder, &object, now.duration_since(first));
+                    self.kill_stuck(
+                        holder,
+                        &object,
+                        now.duration_since(first),
+                        StuckKind::Claimer,
+                    );
                 }
             }
         }
@@ -1170,6 +1187,101 @@ impl Supervisor {
         self.claims_seen = seen;
         if repair {
             self.repair_queues();
+        }
+        self.watch_pins();
+    }
+
+    /// Maps the instance's hash maps (memory leases whose body starts with
+    /// a map), dropping those whose segment is gone.
+    fn refresh_maps(&mut self) {
+        let Ok(objects) = list_segments(self.paths.instance()) else {
+            return;
+        };
+        self.watched_maps
+            .retain(|object, _| objects.contains(object));
+        self.not_maps.retain(|object| objects.contains(object));
+        for object in objects {
+            if !object.starts_with("lease.")
+                || self.watched_maps.contains_key(&object)
+                || self.not_maps.contains(&object)
+            {
+                continue;
+            }
+            let map = open_if_kind(self.paths.instance(), &object, SegmentKind::Raw)
+                .and_then(Result::ok)
+                .map(|segment| FabricHashMap::inspect(segment, self.paths.instance()));
+            match map {
+                Some(Ok(Some(map))) => {
+                    self.watched_maps.insert(object, map);
+                }
+                Some(Ok(None)) => {
+                    self.not_maps.insert(object);
+                }
+                Some(Err(e)) => tracing::debug!(lease = %object, "not a usable map: {e}"),
+                None => {}
+            }
+        }
+    }
+
+    /// Looks at the pins of every map: a pin holding reuse back (pinned at
+    /// an older epoch) past the claim-age limit is a stuck reader, killed
+    /// if it is ours; a dead holder's pin, or a dead writer's lock, gets
+    /// repaired.
+    fn watch_pins(&mut self) {
+        self.refresh_maps();
+        let now = Instant::now();
+        let mut seen = BTreeMap::new();
+        let mut stuck = Vec::new();
+        let mut repair = false;
+        for (object, map) in &self.watched_maps {
+            let Ok(pins) = map.pins() else {
+                continue;
+            };
+            for pin in pins.into_iter().filter(|p| p.blocking && p.owner != 0) {
+                let key = (object.clone(), pin.slot, pin.word);
+                let first = self.pins_seen.get(&key).copied().unwrap_or(now);
+                seen.insert(key, first);
+                let holder = ProcessId::unpack(pin.owner);
+                if !holder.is_alive() {
+                    repair = true;
+                } else if now.duration_since(first) >= self.config.claim_age_limit {
+                    stuck.push((holder, object.clone(), now.duration_since(first)));
+                }
+            }
+            let writer = map.lock_holder().unwrap_or(0);
+            if writer != 0 && !ProcessId::unpack(writer).is_alive() {
+                repair = true;
+            }
+        }
+        self.pins_seen = seen;
+        for (holder, object, held) in stuck {
+            if self.is_ours(holder) {
+                self.kill_stuck(holder, &object, held, StuckKind::Reader);
+            }
+        }
+        if repair {
+            self.repair_maps();
+        }
+    }
+
+    /// Repairs every map after dead processes: their pins cleared, a dead
+    /// writer's lock taken over and its heap rebuilt.
+    pub fn repair_maps(&mut self) {
+        self.refresh_maps();
+        for (object, map) in &self.watched_maps {
+            match map.repair_dead() {
+                Ok(Some(report)) => {
+                    self.counters().add(Counter::MapRepairs, 1);
+                    tracing::info!(
+                        map = %object,
+                        recovered_blocks = report.recovered_blocks,
+                        entries = report.entries,
+                        "took over a dead writer's map lock and rebuilt its heap"
+                    );
+                }
+                Ok(None) | Err(FabricError::LeaseExpired(_) | FabricError::LeasePoisoned(_)) => {}
+                Err(e) => tracing::warn!(map = %object, "map repair: {e}"),
+            }
         }
     }
 
@@ -1184,7 +1296,7 @@ impl Supervisor {
 
     /// Kills a stopped process that has held a claim too long (by pidfd,
     /// after checking that the pid still names the same process), once.
-    fn kill_stuck(&mut self, holder: ProcessId, queue: &str, held: Duration) {
+    fn kill_stuck(&mut self, holder: ProcessId, object: &str, held: Duration, kind: StuckKind) {
         if !self.stuck_killed.insert(holder.pack()) {
             return;
         }
@@ -1200,12 +1312,22 @@ impl Supervisor {
         }
         match rustix::process::pidfd_send_signal(&pidfd, rustix::process::Signal::KILL) {
             Ok(()) => {
-                self.counters().add(Counter::StuckClaimersKilled, 1);
+                let (counter, what) = match kind {
+                    StuckKind::Claimer => (
+                        Counter::StuckClaimersKilled,
+                        "killed a stopped process holding a queue claim past the claim-age limit",
+                    ),
+                    StuckKind::Reader => (
+                        Counter::StuckReadersKilled,
+                        "killed a process holding a map pin (holding reuse back) past the claim-age limit",
+                    ),
+                };
+                self.counters().add(counter, 1);
                 tracing::warn!(
                     pid = holder.pid,
-                    queue,
+                    object,
                     held_ms = held.as_millis() as u64,
-                    "killed a stopped process holding a queue claim past the claim-age limit"
+                    "{what}"
                 );
             }
             Err(e) => tracing::warn!(pid = holder.pid, "could not kill a stuck claimer: {e}"),
@@ -1339,6 +1461,15 @@ impl Supervisor {
 }
 
 use std::sync::atomic::Ordering::{Relaxed, Release};
+
+/// What a stuck process was holding.
+#[derive(Clone, Copy)]
+enum StuckKind {
+    /// A queue claim (killed only while stopped).
+    Claimer,
+    /// A map pin holding reuse back.
+    Reader,
+}
 
 fn attached(peer: &Peer) -> Result<u64, ControlError> {
     peer.incarnation.ok_or(ControlError::NotAttached)

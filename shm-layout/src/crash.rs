@@ -27,11 +27,13 @@ pub enum CrashPoint {
     MapAfterUnlink,
     /// A map writer has taken a block off limbo and not freed it.
     MapMidCollect,
+    /// A map reader is pinned and about to walk a chain.
+    MapReaderPinned,
 }
 
 impl CrashPoint {
     /// Every crash point.
-    pub const ALL: [CrashPoint; 9] = [
+    pub const ALL: [CrashPoint; 10] = [
         CrashPoint::AfterSlotClaim,
         CrashPoint::AfterTailAdvance,
         CrashPoint::AfterReadClaim,
@@ -41,6 +43,7 @@ impl CrashPoint {
         CrashPoint::MapAfterLink,
         CrashPoint::MapAfterUnlink,
         CrashPoint::MapMidCollect,
+        CrashPoint::MapReaderPinned,
     ];
 
     /// The point's name, as tests spell it on command lines.
@@ -55,6 +58,7 @@ impl CrashPoint {
             CrashPoint::MapAfterLink => "map-after-link",
             CrashPoint::MapAfterUnlink => "map-after-unlink",
             CrashPoint::MapMidCollect => "map-mid-collect",
+            CrashPoint::MapReaderPinned => "map-reader-pinned",
         }
     }
 

@@ -710,6 +710,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         out: &mut Vec<u8>,
     ) -> Result<bool, MapError> {
         check_key(key)?;
+        crash::point(CrashPoint::MapReaderPinned);
         let hash = hash_key(key);
         let mut cur = self
             .bucket_head(hash % self.nbuckets)

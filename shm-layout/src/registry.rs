@@ -329,11 +329,17 @@ pub enum Counter {
     /// Records read again after a restart or a rebind, and skipped as
     /// already handled.
     Redeliveries = 19,
+    /// Hash-map writer locks of dead processes taken over and their heaps
+    /// rebuilt by the supervisor.
+    MapRepairs = 20,
+    /// Readers killed for holding a hash-map pin that held reuse back
+    /// past the claim-age limit.
+    StuckReadersKilled = 21,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 20] = [
+    pub const ALL: [Counter; 22] = [
         Counter::LeasesAcquired,
         Counter::LeasesRenewed,
         Counter::LeasesReleased,
@@ -354,6 +360,8 @@ impl Counter {
         Counter::EdgeRecordsCarried,
         Counter::EdgeRecordsLost,
         Counter::Redeliveries,
+        Counter::MapRepairs,
+        Counter::StuckReadersKilled,
     ];
 
     /// The name `grafos status` shows.
@@ -378,6 +386,8 @@ impl Counter {
             Counter::EdgeRebinds => "edge_rebinds",
             Counter::EdgeRecordsCarried => "edge_records_carried",
             Counter::EdgeRecordsLost => "edge_records_lost",
+            Counter::MapRepairs => "map_repairs",
+            Counter::StuckReadersKilled => "stuck_readers_killed",
             Counter::Redeliveries => "redeliveries",
         }
     }

@@ -45,12 +45,17 @@ fn main() {
     }
     let paths = InstancePaths::new(&instance).expect("a valid instance name");
     let supervisor = start_supervisor(&paths, root.join("data"));
-    let tests: [(&str, Test); 2] = [
+    let tests: [(&str, Test); 4] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
             "writers_and_readers_killed_lose_nothing_and_leak_nothing",
             kills,
         ),
+        (
+            "the_supervisor_repairs_a_writer_dead_holding_the_lock",
+            supervisor_repairs,
+        ),
+        ("a_reader_stopped_while_pinned_is_killed", stuck_reader),
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -90,7 +95,7 @@ fn start_supervisor(paths: &InstancePaths, data_dir: PathBuf) -> std::thread::Jo
         block_pool_size: 16 << 20,
         data_dir,
         grace: Duration::from_secs(1),
-        claim_age_limit: Duration::from_secs(10),
+        claim_age_limit: Duration::from_secs(2),
     };
     let (ready, started) = std::sync::mpsc::channel();
     let paths = paths.clone();
@@ -212,7 +217,13 @@ fn log_line(log: &mut std::fs::File, line: &str) {
 fn arm_crash(arm: &str) {
     static ARMED: std::sync::OnceLock<(CrashPoint, u64)> = std::sync::OnceLock::new();
     static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    let (point, hit) = arm.split_once(':').expect("POINT:HIT");
+    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let (point, rest) = arm.split_once(':').expect("POINT:HIT[:stop]");
+    let (hit, stop) = match rest.split_once(':') {
+        Some((hit, "stop")) => (hit, true),
+        _ => (rest, false),
+    };
+    STOP.store(stop, std::sync::atomic::Ordering::Relaxed);
     let _ = ARMED.set((
         CrashPoint::from_name(point).expect("a crash point"),
         hit.parse().unwrap(),
@@ -220,10 +231,12 @@ fn arm_crash(arm: &str) {
     fn hook(at: CrashPoint) {
         let (point, hit) = ARMED.get().copied().expect("armed");
         if at == point && HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == hit {
-            let _ = rustix::process::kill_process(
-                rustix::process::getpid(),
-                rustix::process::Signal::KILL,
-            );
+            let signal = if STOP.load(std::sync::atomic::Ordering::Relaxed) {
+                rustix::process::Signal::STOP
+            } else {
+                rustix::process::Signal::KILL
+            };
+            let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
         }
     }
     crash::set_hook(hook);
@@ -238,10 +251,19 @@ struct Peers {
 
 impl Peers {
     fn spawn(&self, role: &str, crash_at: Option<(CrashPoint, u64)>) -> Child {
+        self.spawn_armed(
+            role,
+            crash_at.map(|(point, hit)| format!("{}:{hit}", point.name())),
+        )
+    }
+
+    /// Spawns a peer, armed (`POINT:HIT`, or `POINT:HIT:stop` to stop
+    /// there instead of dying) if `arm` says so.
+    fn spawn_armed(&self, role: &str, arm: Option<String>) -> Child {
         let mut cmd = Command::new(std::env::current_exe().unwrap());
         cmd.env(PEER_ENV, role).env(LOG_ENV, &self.log);
-        if let Some((point, hit)) = crash_at {
-            cmd.env(CRASH_ENV, format!("{}:{hit}", point.name()));
+        if let Some(arm) = arm {
+            cmd.env(CRASH_ENV, arm);
         }
         cmd.spawn().expect("spawn a peer")
     }
@@ -518,4 +540,100 @@ fn expiry(root: &Path) {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn counter(name: &str) -> u64 {
+    let paths = InstancePaths::new(&instance()).unwrap();
+    grafos_runtime::status::read(&paths)
+        .expect("status")
+        .counters[name]
+}
+
+/// A writer killed holding the lock, with no other writer to notice: the
+/// supervisor, seeing the death, takes the lock over and rebuilds.
+fn supervisor_repairs(root: &Path) {
+    let store = MemObjectStore::new(64).expect("the store");
+    let peers = Peers {
+        log: root.join("store-ops.log"),
+        deadline: Instant::now() + TEST_BUDGET,
+    };
+    let repairs_before = counter("map_repairs");
+    let mut armed = peers.spawn("writer:7:0", Some((CrashPoint::MapAfterAlloc, 5)));
+    assert_eq!(
+        peers.reap(&mut armed).signal(),
+        Some(9),
+        "the armed writer died at its point"
+    );
+    loop {
+        let holder = store.map().lock_holder().unwrap();
+        if holder == 0 && counter("map_repairs") > repairs_before {
+            break;
+        }
+        assert!(
+            Instant::now() < peers.deadline,
+            "the supervisor never repaired the map"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.map().reclaim().unwrap();
+    store
+        .map()
+        .check()
+        .expect("no leak after the supervisor's repair");
+}
+
+/// A reader stopped while pinned holds reuse back; past the claim-age
+/// limit the supervisor kills it, and its pin is cleared.
+fn stuck_reader(root: &Path) {
+    let store = MemObjectStore::new(64).expect("the store");
+    let peers = Peers {
+        log: root.join("store-ops.log"),
+        deadline: Instant::now() + TEST_BUDGET,
+    };
+    let killed_before = counter("stuck_readers_killed");
+    let key = uri(8, 0);
+    store.put(&key, b"first", None).unwrap();
+    let mut reader = peers.spawn_armed("reader:1", Some("map-reader-pinned:1:stop".into()));
+    let pid = reader.id();
+    // Overwrite until the reader is gone: the epoch moves past its pin,
+    // which then holds reuse back until the supervisor kills it.
+    let mut n = 0u64;
+    let status = loop {
+        if let Some(status) = reader.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < peers.deadline,
+            "the stopped reader was never killed"
+        );
+        n += 1;
+        store.put(&key, format!("v{n}").as_bytes(), None).unwrap();
+        std::thread::sleep(Duration::from_micros(200));
+    };
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the supervisor SIGKILLed the stopped reader"
+    );
+    assert!(counter("stuck_readers_killed") > killed_before);
+    loop {
+        let pins = store.map().pins().unwrap();
+        if pins
+            .iter()
+            .all(|p| grafos_worker::process::ProcessId::unpack(p.owner).pid != pid)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < peers.deadline,
+            "the dead reader's pin stayed: {pins:?}"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    store.map().reclaim().unwrap();
+    let census = store.map().check().unwrap();
+    assert_eq!(
+        census.retired_blocks, 0,
+        "reuse resumed once the pin was cleared"
+    );
 }

@@ -27,10 +27,33 @@ use grafos_shm_layout::map::{
 };
 
 use crate::error::{FabricError, Result};
+use crate::instance::InstancePaths;
 use crate::instance::instance_from_env;
 use crate::mapped::MappedRing;
 use crate::mem::{MemBuilder, MemLease};
 use crate::process::{is_dead, me};
+use crate::segment::Segment;
+use grafos_shm_layout::header::{Expect, FenceState};
+
+/// A mapped lease or segment, for `control_of`.
+trait HasSegment {
+    fn segment(&self) -> &Segment;
+    fn len(&self) -> u64 {
+        self.segment().body_len()
+    }
+}
+
+impl HasSegment for MemLease {
+    fn segment(&self) -> &Segment {
+        MemLease::segment(self)
+    }
+}
+
+impl HasSegment for Backing {
+    fn segment(&self) -> &Segment {
+        Backing::segment(self)
+    }
+}
 
 /// Bytes of arena 0 unless set otherwise.
 pub const DEFAULT_ARENA_BYTES: u64 = 1 << 20;
@@ -73,7 +96,7 @@ pub struct FabricHashMap {
 }
 
 struct Inner {
-    lease: MemLease,
+    lease: Backing,
     ctrl: NonNull<MapControl>,
     buckets: MappedRing,
     arenas: LeaseArenas,
@@ -97,13 +120,53 @@ impl std::fmt::Debug for FabricHashMap {
     }
 }
 
+/// What keeps a map's segment (or an arena's) mapped: a lease hold for
+/// workers; the bare segment for the supervisor, which owns the leases
+/// and must not ask itself for holds.
+enum Backing {
+    Lease(MemLease),
+    Segment(Segment),
+}
+
+impl Backing {
+    fn segment(&self) -> &Segment {
+        match self {
+            Backing::Lease(lease) => lease.segment(),
+            Backing::Segment(segment) => segment,
+        }
+    }
+
+    fn lease_id(&self) -> u64 {
+        self.segment().fields().lease_id
+    }
+
+    fn len(&self) -> u64 {
+        self.segment().body_len()
+    }
+
+    /// Ok while the lease is active.
+    fn check(&self) -> Result<()> {
+        match self {
+            Backing::Lease(lease) => lease.check(),
+            Backing::Segment(segment) => match segment.header().fence().state {
+                FenceState::Active | FenceState::Relocated => Ok(()),
+                FenceState::Expired => Err(FabricError::LeaseExpired(self.lease_id())),
+                FenceState::Poisoned => Err(FabricError::LeasePoisoned(self.lease_id())),
+            },
+        }
+    }
+}
+
 /// Where a map's arenas are mapped in this process: arena 0 in the map's
 /// own lease, the others in leases of their own, opened on first use.
 pub(crate) struct LeaseArenas {
     instance: String,
     lease_secs: u64,
+    /// Opens arenas' segments directly (the supervisor) instead of as
+    /// leases; such a map cannot grow.
+    direct: bool,
     arena0: MappedRing,
-    extra: Vec<OnceLock<(MemLease, MappedRing)>>,
+    extra: Vec<OnceLock<(Backing, MappedRing)>>,
     /// Why the last `arena` or `grow` failed (the layout reports only
     /// that it did).
     failure: Mutex<Option<FabricError>>,
@@ -122,8 +185,26 @@ impl LeaseArenas {
     }
 }
 
-fn ring_of(lease: &MemLease, len: u64) -> MappedRing {
-    MappedRing::new(lease.segment().body(), len.min(lease.len()))
+fn ring_of(backing: &Backing, len: u64) -> MappedRing {
+    MappedRing::new(backing.segment().body(), len.min(backing.len()))
+}
+
+impl LeaseArenas {
+    /// Maps arena lease `lease_id` as this process may.
+    fn open(&self, lease_id: u64) -> Result<Backing> {
+        if !self.direct {
+            return MemLease::open_in(&self.instance, lease_id).map(Backing::Lease);
+        }
+        let name = InstancePaths::new(&self.instance)?.lease_segment(lease_id);
+        let segment = Segment::open(&name, &Expect::default())?;
+        if segment.fields().lease_id != lease_id {
+            return Err(FabricError::InvalidArgument(format!(
+                "segment {name} belongs to lease {}, not {lease_id}",
+                segment.fields().lease_id
+            )));
+        }
+        Ok(Backing::Segment(segment))
+    }
 }
 
 impl Arenas for LeaseArenas {
@@ -137,7 +218,7 @@ impl Arenas for LeaseArenas {
         if let Some((_, ring)) = cell.get() {
             return Some(ring);
         }
-        match MemLease::open_in(&self.instance, lease_id) {
+        match self.open(lease_id) {
             Ok(lease) => {
                 let ring = ring_of(&lease, len);
                 // A racing thread may have set it first: use theirs.
@@ -152,6 +233,9 @@ impl Arenas for LeaseArenas {
     }
 
     fn grow(&self, index: u32, min_len: u64) -> Option<(u64, u64)> {
+        if self.direct {
+            return None;
+        }
         let cell = self.extra.get(index as usize)?;
         let lease = MemBuilder::new()
             .instance(&self.instance)
@@ -161,11 +245,14 @@ impl Arenas for LeaseArenas {
         match lease {
             Ok(lease) => {
                 let granted = (lease.lease_id(), lease.len());
-                let ring = ring_of(&lease, lease.len());
+                let lease = Backing::Lease(lease);
+                let ring = ring_of(&lease, granted.1);
                 if let Err((lease, _)) = cell.set((lease, ring)) {
                     // Mapped by an earlier reader of a table entry a dead
                     // writer never published: that lease is stale.
-                    let _ = lease.release();
+                    if let Backing::Lease(lease) = lease {
+                        let _ = lease.release();
+                    }
                     self.fail(FabricError::InvalidArgument(format!(
                         "arena {index} is mapped already"
                     )));
@@ -216,7 +303,12 @@ impl FabricHashMap {
         // SAFETY: the lease is fresh (zeroed, nobody else knows its id
         // yet) and holds CONTROL_SIZE bytes at its 128-aligned body start.
         unsafe { MapControl::init_in_place(ctrl.as_ptr(), params, lease.lease_id(), arena0_len) };
-        FabricHashMap::from_lease(lease, &options.instance, options.lease_secs)
+        FabricHashMap::from_backing(
+            Backing::Lease(lease),
+            &options.instance,
+            options.lease_secs,
+            false,
+        )
     }
 
     /// Opens map `lease_id` of the instance `GRAFOS_INSTANCE` names.
@@ -235,11 +327,36 @@ impl FabricHashMap {
         let lease = MemLease::open_in(instance, lease_id)?;
         lease.check()?;
         let secs = (lease.deadline_ms() / 1000).saturating_sub(crate::host::unix_time_secs());
-        FabricHashMap::from_lease(lease, instance, secs.max(1))
+        FabricHashMap::from_backing(Backing::Lease(lease), instance, secs.max(1), false)
+    }
+
+    /// For the supervisor, which owns the instance's leases: the map in a
+    /// memory lease's `segment`, if it holds one (arenas are opened as
+    /// segments, not leases; the handle can repair and inspect, not grow).
+    ///
+    /// # Errors
+    /// `Layout` if the segment holds a map that fails validation.
+    pub fn inspect(segment: Segment, instance: &str) -> Result<Option<FabricHashMap>> {
+        let mut magic = [0u8; 8];
+        if segment.body_len() < CONTROL_SIZE {
+            return Ok(None);
+        }
+        // SAFETY: the body holds at least CONTROL_SIZE bytes; the first
+        // word is the (immutable once written) magic.
+        unsafe { std::ptr::copy_nonoverlapping(segment.body().as_ptr(), magic.as_mut_ptr(), 8) };
+        if u64::from_le_bytes(magic) != layout::MAP_MAGIC {
+            return Ok(None);
+        }
+        FabricHashMap::from_backing(Backing::Segment(segment), instance, 1, true).map(Some)
     }
 
     /// Binds to the map in `lease` (made or opened), checking its layout.
-    fn from_lease(lease: MemLease, instance: &str, lease_secs: u64) -> Result<FabricHashMap> {
+    fn from_backing(
+        lease: Backing,
+        instance: &str,
+        lease_secs: u64,
+        direct: bool,
+    ) -> Result<FabricHashMap> {
         let ctrl = control_of(&lease)?;
         // SAFETY: in bounds (checked by `control_of`), aligned, mapped
         // while the lease lives; only atomics and a Pod copy are read.
@@ -268,6 +385,7 @@ impl FabricHashMap {
         let arenas = LeaseArenas {
             instance: instance.to_string(),
             lease_secs,
+            direct,
             arena0: MappedRing::new(arena0_ptr, lease.len() - arena0_at),
             extra: (0..layout::MAX_ARENAS).map(|_| OnceLock::new()).collect(),
             failure: Mutex::new(None),
@@ -308,7 +426,12 @@ impl FabricHashMap {
     /// # Errors
     /// The first renewal that failed (the others are still tried).
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
-        let mut first = self.inner.lease.renew(lease_secs).err();
+        let Backing::Lease(own) = &self.inner.lease else {
+            return Err(FabricError::InvalidArgument(
+                "an inspecting handle holds no leases to renew".into(),
+            ));
+        };
+        let mut first = own.renew(lease_secs).err();
         let map = self.inner.checked()?;
         let arenas = &self.inner.arenas;
         for (index, (id, len)) in map.arena_table().into_iter().enumerate().skip(1) {
@@ -318,8 +441,8 @@ impl FabricHashMap {
                 .arena(index as u32, id, len)
                 .and(arenas.extra[index].get());
             let renewed = match slot {
-                Some((lease, _)) => lease.renew(lease_secs),
-                None => Err(arenas
+                Some((Backing::Lease(lease), _)) => lease.renew(lease_secs),
+                Some((Backing::Segment(_), _)) | None => Err(arenas
                     .take_failure()
                     .unwrap_or(FabricError::UnknownLease(id))),
             };
@@ -450,6 +573,14 @@ impl FabricHashMap {
             .with_slot(&map, |slot| map.take_over(holder, me(), slot, is_dead))
     }
 
+    /// The process token holding the writer lock (0 if none).
+    ///
+    /// # Errors
+    /// `LeaseExpired`, `LeasePoisoned`, `Layout`.
+    pub fn lock_holder(&self) -> Result<u64> {
+        Ok(self.inner.checked()?.lock_holder())
+    }
+
     /// The pins held now (slot, holder, whether it holds reuse back).
     ///
     /// # Errors
@@ -525,7 +656,7 @@ impl Drop for Inner {
 
 /// The control block at the start of a lease, bounds- and
 /// alignment-checked.
-fn control_of(lease: &MemLease) -> Result<NonNull<MapControl>> {
+fn control_of(lease: &impl HasSegment) -> Result<NonNull<MapControl>> {
     let body = lease.segment().body();
     if lease.len() < CONTROL_SIZE || !(body.as_ptr() as usize).is_multiple_of(128) {
         return Err(FabricError::Layout {
