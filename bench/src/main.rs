@@ -11,6 +11,7 @@ mod local;
 mod mpmc;
 mod rebind;
 mod repair;
+mod store;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -48,6 +49,13 @@ struct Args {
     /// Only the relocation / rebind and pipeline rows.
     #[arg(long)]
     rebind_only: bool,
+    /// Only the object store vs Redis table.
+    #[arg(long)]
+    store_only: bool,
+    /// A Redis server for the store table (`HOST:PORT`; started by
+    /// scripts/redis-bench.sh). Without it the Redis rows are skipped.
+    #[arg(long)]
+    redis: Option<String>,
     /// Relocations for the relocation / rebind row.
     #[arg(long, default_value_t = 200)]
     relocations: u64,
@@ -85,6 +93,10 @@ fn main() {
         repair::repair_table(args.kills);
         return;
     }
+    if args.store_only {
+        store::store_table(runs, args.redis.as_deref());
+        return;
+    }
     if args.rebind_only {
         rebind::rebind_table(args.relocations);
         return;
@@ -101,6 +113,7 @@ fn main() {
     blocking_table(runs, scale);
     repair::repair_table(args.kills);
     rebind::rebind_table(args.relocations);
+    store::store_table(runs, args.redis.as_deref());
     iox::cleanup();
 }
 
@@ -181,6 +194,7 @@ fn child(args: &[String]) -> i32 {
         "queue-block-consume" => mpmc::queue_block_consume(&args[1], &args[2]),
         "claimer" => repair::claimer(&args[1]),
         "rebind-consumer" => rebind::consumer(&args[1], num(2), num(3)),
+        "store-load" => store::load(&args[1..]),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }

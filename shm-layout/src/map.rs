@@ -491,6 +491,16 @@ impl PinSlotId {
     pub fn index(self) -> usize {
         self.0
     }
+
+    /// The slot of index `index`, as [`PinSlotId::index`] gave it (the
+    /// process must hold that slot).
+    ///
+    /// # Panics
+    /// If `index` is not below [`PIN_SLOTS`].
+    pub fn from_index(index: usize) -> PinSlotId {
+        assert!(index < PIN_SLOTS, "pin slot index out of range");
+        PinSlotId(index)
+    }
 }
 
 /// A pin seen by [`Map::pins`].
@@ -717,24 +727,19 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             .load(Ordering::Acquire);
         let mut steps = 0u64;
         let mut fields = [0u8; 16];
-        let mut stored_key = Vec::new();
         while cur != 0 {
             steps += 1;
             self.check_steps(steps)?;
             let block = self.block(cur)?;
             block.read(HASH, &mut fields)?;
             let (h, key_len, val_len) = decode_fields(&fields);
-            if h == hash && key_len == key.len() as u64 {
-                stored_key.resize(key.len(), 0);
-                block.read(KEY, &mut stored_key)?;
-                if stored_key == key {
-                    if KEY + key_len + val_len > block.size {
-                        return Err(MapError::Corrupt("value length runs past its block"));
-                    }
-                    out.resize(val_len as usize, 0);
-                    block.read(KEY + key_len, out)?;
-                    return Ok(true);
+            if h == hash && key_len == key.len() as u64 && block.holds_key(key)? {
+                if KEY + key_len + val_len > block.size {
+                    return Err(MapError::Corrupt("value length runs past its block"));
                 }
+                out.resize(val_len as usize, 0);
+                block.read(KEY + key_len, out)?;
+                return Ok(true);
             }
             cur = block.next().load(Ordering::Acquire);
         }
@@ -1008,6 +1013,22 @@ impl<R: RingBytes> Block<'_, R> {
         Ok(())
     }
 
+    /// Whether the block's key (whose length the caller checked) is `key`,
+    /// compared a piece at a time without allocating.
+    fn holds_key(&self, key: &[u8]) -> Result<bool, MapError> {
+        let mut piece = [0u8; 128];
+        let mut at = KEY;
+        for chunk in key.chunks(piece.len()) {
+            let stored = &mut piece[..chunk.len()];
+            self.read(at, stored)?;
+            if stored != chunk {
+                return Ok(false);
+            }
+            at += chunk.len() as u64;
+        }
+        Ok(true)
+    }
+
     /// Writes bytes at `at` of a block the writer owns.
     fn write(&self, at: u64, src: &[u8]) {
         assert!(at + src.len() as u64 <= self.size, "entry fits its block");
@@ -1101,12 +1122,18 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         Ok(replaced)
     }
 
-    /// Copies the value of `key` into `out`, under the lock (what an
-    /// insert or remove right after would replace); whether it was there.
+    /// Copies the first `limit` bytes (at most) of the value of `key` into
+    /// `out`, under the lock (what an insert or remove right after would
+    /// replace); whether it was there.
     ///
     /// # Errors
     /// `BadKey`, `ArenaUnavailable`, `Corrupt`.
-    pub fn get_into(&self, key: &[u8], out: &mut Vec<u8>) -> Result<bool, MapError> {
+    pub fn get_prefix_into(
+        &self,
+        key: &[u8],
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<bool, MapError> {
         check_key(key)?;
         let hash = hash_key(key);
         let head = self.map.bucket_head(hash % self.map.nbuckets);
@@ -1119,7 +1146,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         if KEY + key_len + val_len > block.size {
             return Err(MapError::Corrupt("value length runs past its block"));
         }
-        out.resize(val_len as usize, 0);
+        out.resize((val_len as usize).min(limit), 0);
         block.read(KEY + key_len, out)?;
         Ok(true)
     }
@@ -1159,19 +1186,14 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let mut cur = locked_load(head);
         let mut steps = 0u64;
         let mut fields = [0u8; 16];
-        let mut stored = Vec::new();
         while cur != 0 {
             steps += 1;
             self.map.check_steps(steps)?;
             let block = self.map.block_in(cur, true)?;
             block.read(HASH, &mut fields)?;
             let (h, key_len, _) = decode_fields(&fields);
-            if h == hash && key_len == key.len() as u64 {
-                stored.resize(key.len(), 0);
-                block.read(KEY, &mut stored)?;
-                if stored == key {
-                    return Ok(Some((pred, block)));
-                }
+            if h == hash && key_len == key.len() as u64 && block.holds_key(key)? {
+                return Ok(Some((pred, block)));
             }
             cur = locked_load(block.next());
             // The block lives in a mapping the `Arenas` keeps for the

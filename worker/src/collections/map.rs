@@ -18,6 +18,7 @@
 //! ```
 
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,8 @@ impl HasSegment for Backing {
 pub const DEFAULT_ARENA_BYTES: u64 = 1 << 20;
 /// Lease TTL of a map's leases unless set otherwise (seconds).
 pub const DEFAULT_LEASE_SECS: u64 = 3600;
+/// `Inner::spare` when it holds no slot.
+const NO_SLOT: usize = usize::MAX;
 /// How long a writer waits for a live lock holder before `Busy`.
 const LOCK_PATIENCE: Duration = Duration::from_secs(30);
 
@@ -100,7 +103,11 @@ struct Inner {
     ctrl: NonNull<MapControl>,
     buckets: MappedRing,
     arenas: LeaseArenas,
-    /// Pin slots this process holds and is not using now.
+    /// A pin slot of this process not in use now, if any ([`NO_SLOT`]
+    /// otherwise): the common case of one thread takes and gives it back
+    /// with one swap each.
+    spare: AtomicUsize,
+    /// More pin slots this process holds and is not using now.
     slots: Mutex<Vec<PinSlotId>>,
 }
 
@@ -395,6 +402,7 @@ impl FabricHashMap {
             ctrl,
             arenas,
             lease,
+            spare: AtomicUsize::new(NO_SLOT),
             slots: Mutex::new(Vec::new()),
         };
         inner.map().map_err(|e| inner.error(e))?;
@@ -610,18 +618,29 @@ impl Inner {
         map: &LayoutMap<'_>,
         f: impl FnOnce(PinSlotId) -> Result<R, MapError>,
     ) -> Result<R> {
-        let pooled = self.slots.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let slot = match pooled {
-            Some(slot) => slot,
-            None => map
-                .claim_pin_slot(me(), is_dead)
-                .map_err(|e| self.error(e))?,
+        let slot = match self.spare.swap(NO_SLOT, Ordering::Acquire) {
+            NO_SLOT => {
+                let pooled = self.slots.lock().unwrap_or_else(|e| e.into_inner()).pop();
+                match pooled {
+                    Some(slot) => slot,
+                    None => map
+                        .claim_pin_slot(me(), is_dead)
+                        .map_err(|e| self.error(e))?,
+                }
+            }
+            index => PinSlotId::from_index(index),
         };
         let result = f(slot);
-        self.slots
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(slot);
+        if self
+            .spare
+            .compare_exchange(NO_SLOT, slot.index(), Ordering::Release, Ordering::Relaxed)
+            .is_err()
+        {
+            self.slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(slot);
+        }
         result.map_err(|e| self.error(e))
     }
 
@@ -645,7 +664,11 @@ impl Inner {
 
 impl Drop for Inner {
     fn drop(&mut self) {
-        let slots = std::mem::take(self.slots.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let mut slots = std::mem::take(self.slots.get_mut().unwrap_or_else(|e| e.into_inner()));
+        let spare = *self.spare.get_mut();
+        if spare != NO_SLOT {
+            slots.push(PinSlotId::from_index(spare));
+        }
         if let Ok(map) = self.map() {
             for slot in slots {
                 map.release_pin_slot(slot, me());

@@ -65,12 +65,6 @@ pub struct ObjectMeta {
     pub lease_id: Option<u64>,
 }
 
-impl ObjectMeta {
-    fn expired(&self, now_ms: u64) -> bool {
-        self.expires_ms.is_some_and(|t| now_ms >= t)
-    }
-}
-
 /// Objects addressed by [`FabricUri`].
 pub trait ObjectStore {
     /// Stores `data` at `uri` (replacing what was there).
@@ -246,7 +240,7 @@ impl MemObjectStore {
         first.map_or(Ok(()), Err)
     }
 
-    fn map_key(&self, uri: &FabricUri) -> Result<Vec<u8>> {
+    fn map_key(&self, uri: &FabricUri) -> Result<MapKey> {
         if uri.instance() != self.instance {
             return Err(FabricError::InvalidArgument(format!(
                 "{uri} names instance {:?}; this store is {:?}'s",
@@ -254,13 +248,19 @@ impl MemObjectStore {
                 self.instance
             )));
         }
-        Ok(format!("{}/{}", uri.bucket(), uri.key()).into_bytes())
+        Ok(MapKey::new(uri.bucket(), uri.key()))
     }
 
     /// Reads a large object's bytes from its lease.
-    fn read_large(&self, meta: &ObjectMeta, id: u64) -> Result<Vec<u8>> {
+    fn read_large(&self, size: u64, id: u64) -> Result<Vec<u8>> {
         let lease = MemLease::open_in(&self.instance, id)?;
-        let mut data = vec![0; meta.size as usize];
+        if size > lease.len() {
+            return Err(FabricError::InvalidArgument(format!(
+                "large object of {size} bytes in lease {id} of {} bytes",
+                lease.len()
+            )));
+        }
+        let mut data = vec![0; size as usize];
         lease.read_at(0, &mut data)?;
         Ok(data)
     }
@@ -315,17 +315,13 @@ impl ObjectStore for MemObjectStore {
         let value = encode(&meta, if large.is_some() { &[] } else { data });
         let mut old = Vec::new();
         let stored = self.map.write(|w| {
-            let had = w.get_into(&key, &mut old)?;
+            let had = w.get_prefix_into(&key, REFERENCE_PREFIX, &mut old)?;
             w.insert(&key, &value)?;
             Ok(had)
         });
         match stored {
             Ok(had) => {
-                if let Some(id) = had
-                    .then(|| decode(&old).ok())
-                    .flatten()
-                    .and_then(|(m, _)| m.lease_id)
-                {
+                if let Some(id) = had.then(|| large_reference(&old)).flatten() {
                     self.release_large(id);
                 }
                 Ok(meta)
@@ -347,14 +343,17 @@ impl ObjectStore for MemObjectStore {
             if !self.map.get_into(&key, &mut value)? {
                 return Ok(None);
             }
-            let (meta, inline) = decode(&value).map_err(|what| corrupt(uri, what))?;
-            if meta.expired(unix_time_ms()) {
+            let decoded = decode(&value).map_err(|what| corrupt(uri, what))?;
+            if decoded.expired() {
                 return Ok(None);
             }
-            let Some(id) = meta.lease_id else {
-                return Ok(Some(inline.to_vec()));
+            let Some(id) = decoded.lease_id else {
+                // The value's own allocation, its header shifted out.
+                let header = value.len() - decoded.inline.len();
+                value.drain(..header);
+                return Ok(Some(value));
             };
-            match self.read_large(&meta, id) {
+            match self.read_large(decoded.size, id) {
                 Ok(data) => return Ok(Some(data)),
                 // Replaced or deleted under us: look again.
                 Err(
@@ -373,25 +372,21 @@ impl ObjectStore for MemObjectStore {
         let Some(value) = self.map.get(&key)? else {
             return Ok(None);
         };
-        let (meta, _) = decode(&value).map_err(|what| corrupt(uri, what))?;
-        Ok((!meta.expired(unix_time_ms())).then_some(meta))
+        let decoded = decode(&value).map_err(|what| corrupt(uri, what))?;
+        Ok((!decoded.expired()).then(|| decoded.meta()))
     }
 
     fn delete(&self, uri: &FabricUri) -> Result<bool> {
         let key = self.map_key(uri)?;
         let mut old = Vec::new();
         let had = self.map.write(|w| {
-            let had = w.get_into(&key, &mut old)?;
+            let had = w.get_prefix_into(&key, REFERENCE_PREFIX, &mut old)?;
             if had {
                 w.remove(&key)?;
             }
             Ok(had)
         })?;
-        if let Some(id) = had
-            .then(|| decode(&old).ok())
-            .flatten()
-            .and_then(|(m, _)| m.lease_id)
-        {
+        if let Some(id) = had.then(|| large_reference(&old)).flatten() {
             self.release_large(id);
         }
         Ok(had)
@@ -485,9 +480,78 @@ fn encode(meta: &ObjectMeta, inline: &[u8]) -> Vec<u8> {
     v
 }
 
-/// The metadata and inline bytes of a stored value (checked: it came from
-/// shared memory).
-fn decode(value: &[u8]) -> std::result::Result<(ObjectMeta, &[u8]), &'static str> {
+/// An object's key in the map, `<bucket>/<key>`, built on the stack.
+struct MapKey {
+    buf: [u8; crate::store::MAX_BUCKET_LEN + 1 + crate::store::MAX_KEY_LEN],
+    len: usize,
+}
+
+impl MapKey {
+    /// The key of a parsed URI's parts (whose lengths parsing bounded).
+    fn new(bucket: &str, key: &str) -> MapKey {
+        let mut k = MapKey {
+            buf: [0; crate::store::MAX_BUCKET_LEN + 1 + crate::store::MAX_KEY_LEN],
+            len: bucket.len() + 1 + key.len(),
+        };
+        k.buf[..bucket.len()].copy_from_slice(bucket.as_bytes());
+        k.buf[bucket.len()] = b'/';
+        k.buf[bucket.len() + 1..k.len].copy_from_slice(key.as_bytes());
+        k
+    }
+}
+
+impl std::ops::Deref for MapKey {
+    type Target = [u8];
+
+    fn deref(&self) -> &[u8] {
+        &self.buf[..self.len]
+    }
+}
+
+/// Bytes of a stored value that hold everything but inline data (enough
+/// to find a large object's lease).
+const REFERENCE_PREFIX: usize = HEADER + MAX_CONTENT_TYPE_LEN + 8;
+
+/// The lease of a large object whose stored value starts with `prefix`.
+fn large_reference(prefix: &[u8]) -> Option<u64> {
+    if prefix.len() < HEADER || &prefix[..4] != MAGIC {
+        return None;
+    }
+    let flags = u32::from_le_bytes(prefix[4..8].try_into().expect("4 bytes"));
+    let body = HEADER + u16::from_le_bytes([prefix[32], prefix[33]]) as usize;
+    let id = prefix.get(body..body + 8)?;
+    (flags & FLAG_LARGE != 0).then(|| u64::from_le_bytes(id.try_into().expect("8 bytes")))
+}
+
+/// A stored value, parsed in place (checked: it came from shared memory).
+#[derive(Debug, PartialEq, Eq)]
+struct Decoded<'a> {
+    size: u64,
+    created_ms: u64,
+    expires_ms: Option<u64>,
+    content_type: &'a str,
+    lease_id: Option<u64>,
+    /// The inline bytes (empty for a large object).
+    inline: &'a [u8],
+}
+
+impl Decoded<'_> {
+    fn expired(&self) -> bool {
+        self.expires_ms.is_some_and(|t| unix_time_ms() >= t)
+    }
+
+    fn meta(&self) -> ObjectMeta {
+        ObjectMeta {
+            size: self.size,
+            content_type: self.content_type.to_string(),
+            created_ms: self.created_ms,
+            expires_ms: self.expires_ms,
+            lease_id: self.lease_id,
+        }
+    }
+}
+
+fn decode(value: &[u8]) -> std::result::Result<Decoded<'_>, &'static str> {
     if value.len() < HEADER || &value[..4] != MAGIC {
         return Err("bad object header");
     }
@@ -495,13 +559,11 @@ fn decode(value: &[u8]) -> std::result::Result<(ObjectMeta, &[u8]), &'static str
     let u64_at = |i: usize| u64::from_le_bytes(value[i..i + 8].try_into().expect("8 bytes"));
     let flags = u32_at(4);
     let size = u64_at(8);
-    let ct_len = u16::from_le_bytes([value[32], value[33]]) as usize;
-    let body = HEADER + ct_len;
+    let body = HEADER + u16::from_le_bytes([value[32], value[33]]) as usize;
     let content_type = value
         .get(HEADER..body)
         .and_then(|b| std::str::from_utf8(b).ok())
-        .ok_or("bad content type")?
-        .to_string();
+        .ok_or("bad content type")?;
     let rest = &value[body..];
     let (lease_id, inline) = if flags & FLAG_LARGE != 0 {
         let id = rest.get(..8).ok_or("short large-object reference")?;
@@ -516,16 +578,14 @@ fn decode(value: &[u8]) -> std::result::Result<(ObjectMeta, &[u8]), &'static str
         (None, rest)
     };
     let expires = u64_at(24);
-    Ok((
-        ObjectMeta {
-            size,
-            content_type,
-            created_ms: u64_at(16),
-            expires_ms: (expires != 0).then_some(expires),
-            lease_id,
-        },
+    Ok(Decoded {
+        size,
+        created_ms: u64_at(16),
+        expires_ms: (expires != 0).then_some(expires),
+        content_type,
+        lease_id,
         inline,
-    ))
+    })
 }
 
 /// `<runtime dir>/object-store`: the lease id of the instance's store,
@@ -596,13 +656,19 @@ mod tests {
             lease_id: None,
         };
         let v = encode(&meta, b"abc");
-        assert_eq!(decode(&v).unwrap(), (meta.clone(), &b"abc"[..]));
+        let decoded = decode(&v).unwrap();
+        assert_eq!(
+            (decoded.meta(), decoded.inline),
+            (meta.clone(), &b"abc"[..])
+        );
         let large = ObjectMeta {
             lease_id: Some(42),
             size: 1 << 20,
             ..meta
         };
-        assert_eq!(decode(&encode(&large, &[])).unwrap().0, large);
+        assert_eq!(decode(&encode(&large, &[])).unwrap().meta(), large);
+        assert_eq!(large_reference(&encode(&large, &[])), Some(42));
+        assert_eq!(large_reference(&v), None);
         assert!(decode(&v[..10]).is_err());
         let mut bad = v.clone();
         bad[32] = 200;
