@@ -56,6 +56,9 @@ struct Args {
     /// scripts/redis-bench.sh). Without it the Redis rows are skipped.
     #[arg(long)]
     redis: Option<String>,
+    /// Distinct keys each process of the store table puts and gets.
+    #[arg(long, default_value_t = 1000)]
+    store_keys: u64,
     /// Relocations for the relocation / rebind row.
     #[arg(long, default_value_t = 200)]
     relocations: u64,
@@ -94,7 +97,7 @@ fn main() {
         return;
     }
     if args.store_only {
-        store::store_table(runs, args.redis.as_deref());
+        store::store_table(runs, args.redis.as_deref(), args.store_keys.max(1));
         return;
     }
     if args.rebind_only {
@@ -113,7 +116,7 @@ fn main() {
     blocking_table(runs, scale);
     repair::repair_table(args.kills);
     rebind::rebind_table(args.relocations);
-    store::store_table(runs, args.redis.as_deref());
+    store::store_table(runs, args.redis.as_deref(), args.store_keys.max(1));
     iox::cleanup();
 }
 

@@ -18,8 +18,6 @@ use crate::{median, pin, self_exe};
 
 /// Value size.
 const VALUE: usize = 1024;
-/// Distinct keys per process (puts overwrite them round after round).
-const KEYS: u64 = 1_000;
 /// Commands per Redis pipeline.
 const BATCH: u64 = 100;
 
@@ -72,11 +70,11 @@ fn unix_ns() -> u64 {
         .as_nanos() as u64
 }
 
-fn key(process: u64, i: u64) -> String {
-    format!("p{process}k{}", i % KEYS)
+fn key(process: u64, i: u64, keys: u64) -> String {
+    format!("p{process}k{}", i % keys)
 }
 
-/// Child role: `store-load PEER OP PROCESS OPS START_NS [REDIS_ADDR]`:
+/// Child role: `store-load PEER OP PROCESS OPS START_NS REDIS_ADDR KEYS`:
 /// waits for START_NS, runs OPS operations, prints nanoseconds from
 /// START_NS to the last one's end.
 pub(crate) fn load(args: &[String]) {
@@ -85,19 +83,20 @@ pub(crate) fn load(args: &[String]) {
     let process: u64 = args[2].parse().expect("process");
     let ops: u64 = args[3].parse().expect("ops");
     let start: u64 = args[4].parse().expect("start");
+    let keys: u64 = args[6].parse().expect("keys");
     pin(process as usize % 2);
     let value = vec![0x5a_u8; VALUE];
     let run: Box<dyn FnMut()> = match peer {
         Peer::Grafos => {
             let store = MemObjectStore::open().expect("open the store");
             let instance = std::env::var("GRAFOS_INSTANCE").expect("instance");
-            let uris: Vec<FabricUri> = (0..KEYS)
-                .map(|i| FabricUri::new(&instance, "bench", &key(process, i)).unwrap())
+            let uris: Vec<FabricUri> = (0..keys)
+                .map(|i| FabricUri::new(&instance, "bench", &key(process, i, keys)).unwrap())
                 .collect();
             let mut out = Vec::new();
             Box::new(move || {
                 for i in 0..ops {
-                    let uri = &uris[(i % KEYS) as usize];
+                    let uri = &uris[(i % keys) as usize];
                     match op {
                         Op::Put => {
                             store.put(uri, &value, None).expect("put");
@@ -124,8 +123,10 @@ pub(crate) fn load(args: &[String]) {
                     let mut pipe = redis::pipe();
                     for j in i..(i + batch).min(ops) {
                         match op {
-                            Op::Put => pipe.hset("bench", key(process, j), &value[..]).ignore(),
-                            Op::Get => pipe.hget("bench", key(process, j)),
+                            Op::Put => pipe
+                                .hset("bench", key(process, j, keys), &value[..])
+                                .ignore(),
+                            Op::Get => pipe.hget("bench", key(process, j, keys)),
                         };
                     }
                     let got: Vec<Vec<u8>> = pipe.query(&mut con).expect("redis");
@@ -145,7 +146,7 @@ pub(crate) fn load(args: &[String]) {
 
 /// Runs one row: `processes` children doing `ops` operations each;
 /// operations per second over the slower child's time.
-fn row(peer: Peer, op: Op, processes: u64, ops: u64, redis: &str) -> f64 {
+fn row(peer: Peer, op: Op, processes: u64, ops: u64, redis: &str, keys: u64) -> f64 {
     let start = unix_ns() + 300_000_000;
     let children: Vec<_> = (0..processes)
         .map(|p| {
@@ -159,6 +160,7 @@ fn row(peer: Peer, op: Op, processes: u64, ops: u64, redis: &str) -> f64 {
                     &ops.to_string(),
                     &start.to_string(),
                     redis,
+                    &keys.to_string(),
                 ])
                 .stdout(Stdio::piped())
                 .spawn()
@@ -177,7 +179,7 @@ fn row(peer: Peer, op: Op, processes: u64, ops: u64, redis: &str) -> f64 {
     (processes * ops) as f64 / (slowest as f64 / 1e9)
 }
 
-pub(crate) fn store_table(runs: usize, redis: Option<&str>) {
+pub(crate) fn store_table(runs: usize, redis: Option<&str>, keys: u64) {
     let local = LocalInstance::start("store");
     // The store itself, made once; children open it.
     let store = MemObjectStore::new(1 << 14).expect("the store");
@@ -197,10 +199,10 @@ pub(crate) fn store_table(runs: usize, redis: Option<&str>) {
     };
     // Both processes' keys exist before any get row.
     for &peer in &peers {
-        fill_both(peer, redis_addr);
+        fill_both(peer, redis_addr, keys);
     }
     println!(
-        "object store: {VALUE} B values, short keys, {KEYS} keys per process; ops/s, median of {runs} runs"
+        "object store: {VALUE} B values, short keys, {keys} keys per process; ops/s, median of {runs} runs"
     );
     print!("{:<4} {:>5}", "op", "procs");
     for peer in &peers {
@@ -218,7 +220,7 @@ pub(crate) fn store_table(runs: usize, redis: Option<&str>) {
             for _ in 0..runs {
                 let results: Vec<f64> = peers
                     .iter()
-                    .map(|&peer| row(peer, op, processes, ops(peer), redis_addr))
+                    .map(|&peer| row(peer, op, processes, ops(peer), redis_addr, keys))
                     .collect();
                 if results.len() == 3 {
                     ratios.0.push(results[0] / results[1]);
@@ -252,7 +254,7 @@ pub(crate) fn store_table(runs: usize, redis: Option<&str>) {
 }
 
 /// Writes every key of both processes once, so get rows find them.
-fn fill_both(peer: Peer, redis: &str) {
+fn fill_both(peer: Peer, redis: &str, keys: u64) {
     let start = unix_ns() + 100_000_000;
     let children: Vec<_> = (0..2u64)
         .map(|p| {
@@ -263,9 +265,10 @@ fn fill_both(peer: Peer, redis: &str) {
                     peer.name(),
                     "put",
                     &p.to_string(),
-                    &KEYS.to_string(),
+                    &keys.to_string(),
                     &start.to_string(),
                     redis,
+                    &keys.to_string(),
                 ])
                 .stdout(Stdio::null())
                 .spawn()
