@@ -29,11 +29,13 @@ pub enum CrashPoint {
     MapMidCollect,
     /// A map reader is pinned and about to walk a chain.
     MapReaderPinned,
+    /// A map reader holds a reference to an entry and has not read it.
+    MapReaderAtEntry,
 }
 
 impl CrashPoint {
     /// Every crash point.
-    pub const ALL: [CrashPoint; 10] = [
+    pub const ALL: [CrashPoint; 11] = [
         CrashPoint::AfterSlotClaim,
         CrashPoint::AfterTailAdvance,
         CrashPoint::AfterReadClaim,
@@ -44,6 +46,7 @@ impl CrashPoint {
         CrashPoint::MapAfterUnlink,
         CrashPoint::MapMidCollect,
         CrashPoint::MapReaderPinned,
+        CrashPoint::MapReaderAtEntry,
     ];
 
     /// The point's name, as tests spell it on command lines.
@@ -59,6 +62,7 @@ impl CrashPoint {
             CrashPoint::MapAfterUnlink => "map-after-unlink",
             CrashPoint::MapMidCollect => "map-mid-collect",
             CrashPoint::MapReaderPinned => "map-reader-pinned",
+            CrashPoint::MapReaderAtEntry => "map-reader-at-entry",
         }
     }
 

@@ -280,6 +280,18 @@ struct Heap {
     recovered_blocks: AtomicU64,
 }
 
+/// The writer lock's words.
+#[repr(C)]
+#[derive(Debug)]
+struct LockWords {
+    /// The holder's process token, 0 when free.
+    holder: AtomicU64,
+    /// Non-zero while the heap may be inconsistent: set before a repair
+    /// (a takeover, or a writer that failed half-way) and cleared once one
+    /// finished, so whoever takes the lock next repairs first.
+    needs_repair: AtomicU64,
+}
+
 /// One arena's table entry.
 #[repr(C)]
 #[derive(Debug)]
@@ -306,8 +318,8 @@ struct PinSlot {
 #[derive(Debug)]
 pub struct MapControl {
     params: MapParams,
-    /// The writer lock: the holder's process token, 0 when free.
-    lock: Line<AtomicU64>,
+    /// The writer lock.
+    lock: Line<LockWords>,
     /// The global epoch (advanced under the writer lock).
     epoch: Line<AtomicU64>,
     heap: Line<Heap>,
@@ -341,7 +353,10 @@ impl MapControl {
     pub fn new(params: MapParams, arena0_len: u64) -> MapControl {
         let ctrl = MapControl {
             params,
-            lock: Line(zero()),
+            lock: Line(LockWords {
+                holder: zero(),
+                needs_repair: zero(),
+            }),
             epoch: Line(zero()),
             heap: Line(Heap {
                 free: std::array::from_fn(|_| zero()),
@@ -641,7 +656,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
                 for slot in &self.ctrl.pins {
                     let owner = slot.owner.load(Ordering::Acquire);
                     if owner != 0 && owner != token && is_dead(owner) {
-                        self.clear_pin(slot, owner);
+                        self.clear_pin(slot, owner, token);
                     }
                 }
             }
@@ -658,11 +673,22 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             .compare_exchange(token, 0, Ordering::AcqRel, Ordering::Relaxed);
     }
 
-    fn clear_pin(&self, slot: &PinSlot, owner: u64) {
-        slot.word.store(0, Ordering::Release);
-        let _ = slot
+    /// Clears the pin slot of `dead` (a holder known dead) on behalf of
+    /// `clearer`: the clearer first takes the slot over by CAS, so of two
+    /// clearers only one touches the pin word, and never after the slot
+    /// went to a new reader; a clearer that dies half-way leaves the slot
+    /// to the next (it names a dead process). Whether this call cleared it.
+    fn clear_pin(&self, slot: &PinSlot, dead: u64, clearer: u64) -> bool {
+        if slot
             .owner
-            .compare_exchange(owner, 0, Ordering::AcqRel, Ordering::Relaxed);
+            .compare_exchange(dead, clearer, Ordering::Acquire, Ordering::Relaxed)
+            .is_err()
+        {
+            return false;
+        }
+        slot.word.store(0, Ordering::Release);
+        slot.owner.store(0, Ordering::Release);
+        true
     }
 
     /// Pins the current epoch in `slot` (held by this process, not pinned
@@ -679,7 +705,10 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         } else {
             self.ctrl.epoch.0.load(Ordering::Relaxed)
         };
-        word.store((epoch << 1) | 1, Ordering::Relaxed);
+        // Release (not Relaxed): a re-pin stays in the release sequence of
+        // the unpin before it, so a writer that reads it (Acquire) sees
+        // the reads made under the earlier pin as done.
+        word.store((epoch << 1) | 1, Ordering::Release);
         // SeqCst: the store-buffering pair of `try_advance`'s fence: either
         // the advancer sees this pin, or this reader's loads after the
         // fence see every unlink made before the advancer's fence.
@@ -731,6 +760,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             steps += 1;
             self.check_steps(steps)?;
             let block = self.block(cur)?;
+            crash::point(CrashPoint::MapReaderAtEntry);
             block.read(HASH, &mut fields)?;
             let (h, key_len, val_len) = decode_fields(&fields);
             if h == hash && key_len == key.len() as u64 && block.holds_key(key)? {
@@ -795,7 +825,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         deadline: Option<Instant>,
     ) -> Result<Writer<'a, B, A>, MapError> {
         assert_ne!(token, 0, "process tokens are non-zero");
-        let lock = &self.ctrl.lock.0;
+        let lock = &self.ctrl.lock.0.holder;
         let mut spins = 0u32;
         loop {
             let current = lock.load(Ordering::Relaxed);
@@ -805,7 +835,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
                     .compare_exchange(0, token, Ordering::Acquire, Ordering::Relaxed)
                     .is_ok()
                 {
-                    return Ok(self.writer(token, slot, is_dead));
+                    return self.acquired(token, slot, is_dead).map(|(w, _)| w);
                 }
                 continue;
             }
@@ -816,10 +846,8 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
                         .compare_exchange(current, token, Ordering::Acquire, Ordering::Relaxed)
                         .is_ok()
                     {
-                        // An error drops the writer, which unlocks.
-                        let writer = self.writer(token, slot, is_dead);
-                        writer.repair()?;
-                        return Ok(writer);
+                        self.ctrl.lock.0.needs_repair.store(1, Ordering::Relaxed);
+                        return self.acquired(token, slot, is_dead).map(|(w, _)| w);
                     }
                     continue;
                 }
@@ -831,14 +859,28 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         }
     }
 
-    fn writer(&self, token: u64, slot: PinSlotId, is_dead: fn(u64) -> bool) -> Writer<'a, B, A> {
-        Writer {
+    /// The writer for a lock just taken: it repairs first if the heap
+    /// needs it (an error drops the writer, which unlocks and leaves the
+    /// repair to the next holder).
+    fn acquired(
+        &self,
+        token: u64,
+        slot: PinSlotId,
+        is_dead: fn(u64) -> bool,
+    ) -> Result<(Writer<'a, B, A>, Option<MapRepair>), MapError> {
+        let writer = Writer {
             map: *self,
             token,
             slot,
             pin: Some(self.pin_in(slot, true)),
             is_dead,
-        }
+        };
+        let repaired = if self.ctrl.lock.0.needs_repair.load(Ordering::Relaxed) != 0 {
+            Some(writer.repair()?)
+        } else {
+            None
+        };
+        Ok((writer, repaired))
     }
 
     /// A snapshot of the counters.
@@ -852,7 +894,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             arenas,
             arena_bytes: (0..arenas as usize)
                 .map(|i| self.ctrl.arenas.0[i].len.load(Ordering::Relaxed))
-                .sum(),
+                .fold(0, u64::saturating_add),
             epoch: self.ctrl.epoch.0.load(Ordering::Relaxed),
             freed_blocks: h.freed_blocks.load(Ordering::Relaxed),
             repairs: h.repairs.load(Ordering::Relaxed),
@@ -884,7 +926,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
 
     /// The process token holding the writer lock (0 if none).
     pub fn lock_holder(&self) -> u64 {
-        self.ctrl.lock.0.load(Ordering::Acquire)
+        self.ctrl.lock.0.holder.load(Ordering::Acquire)
     }
 
     /// Takes over the writer lock from `dead` (a holder known dead) and
@@ -899,7 +941,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         slot: PinSlotId,
         is_dead: fn(u64) -> bool,
     ) -> Result<Option<MapRepair>, MapError> {
-        let lock = &self.ctrl.lock.0;
+        let lock = &self.ctrl.lock.0.holder;
         if dead == 0
             || lock
                 .compare_exchange(dead, token, Ordering::Acquire, Ordering::Relaxed)
@@ -907,17 +949,21 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         {
             return Ok(None);
         }
-        let writer = self.writer(token, slot, is_dead);
-        writer.repair().map(Some)
+        self.ctrl.lock.0.needs_repair.store(1, Ordering::Relaxed);
+        let (_writer, repaired) = self.acquired(token, slot, is_dead)?;
+        Ok(repaired)
     }
 
     /// Clears the pin slots of dead holders; how many.
-    pub fn clear_dead_pins(&self, is_dead: impl Fn(u64) -> bool) -> u64 {
+    pub fn clear_dead_pins(&self, is_dead: impl Fn(u64) -> bool, clearer: u64) -> u64 {
         let mut cleared = 0;
         for slot in &self.ctrl.pins {
             let owner = slot.owner.load(Ordering::Acquire);
-            if owner != 0 && is_dead(owner) {
-                self.clear_pin(slot, owner);
+            if owner != 0
+                && owner != clearer
+                && is_dead(owner)
+                && self.clear_pin(slot, owner, clearer)
+            {
                 cleared += 1;
             }
         }
@@ -927,7 +973,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
     /// Blocks the arenas could hold at most: a chain longer than this
     /// loops.
     fn max_blocks(&self) -> u64 {
-        self.stats().arena_bytes / MIN_BLOCK + 1
+        (self.stats().arena_bytes / MIN_BLOCK + 1).min(MAX_WALK)
     }
 
     /// Errs once a walk of `steps` hops must have looped.
@@ -939,6 +985,8 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
     }
 }
 
+/// Longest chain walked, whatever a (scribbled) arena table claims.
+const MAX_WALK: u64 = 1 << 32;
 /// Spins between checks whether the lock holder is dead.
 #[cfg(not(loom))]
 const DEAD_CHECK_EVERY: u32 = 4096;
@@ -1052,12 +1100,17 @@ pub struct Writer<'a, B: RingBytes, A: Arenas> {
 impl<B: RingBytes, A: Arenas> Drop for Writer<'_, B, A> {
     fn drop(&mut self) {
         if std::thread::panicking() {
-            std::mem::forget(self.pin.take());
-            return;
+            // Failed half-way: the next holder repairs first.
+            self.map
+                .ctrl
+                .lock
+                .0
+                .needs_repair
+                .store(1, Ordering::Relaxed);
         }
         self.pin = None;
         // Release: the next holder (Acquire) sees all this holder wrote.
-        let _ = self.map.ctrl.lock.0.compare_exchange(
+        let _ = self.map.ctrl.lock.0.holder.compare_exchange(
             self.token,
             0,
             Ordering::Release,
@@ -1083,6 +1136,10 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
             max: MAX_BLOCK.min(class_size(CLASSES as u8 - 1)),
         })?;
         let hash = hash_key(key);
+        // Found first: nothing below may fail once a block is allocated
+        // (an error then would leave it USED and unlinked until a repair).
+        let head = self.map.bucket_head(hash % self.map.nbuckets);
+        let found = self.find(head, hash, key)?;
         let block = self.alloc(class)?;
         crash::point(CrashPoint::MapAfterAlloc);
         let mut fields = [0u8; 16];
@@ -1095,8 +1152,6 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         block.write(KEY + key.len() as u64, first);
         crash::point(CrashPoint::MapMidWrite);
         block.write(KEY + (key.len() + first.len()) as u64, rest);
-        let head = self.map.bucket_head(hash % self.map.nbuckets);
-        let found = self.find(head, hash, key)?;
         let publish = order(Ordering::Release, Mutant::MapLinkRelaxed, Ordering::Relaxed);
         let replaced = match found {
             Some((pred, old)) => {
@@ -1451,8 +1506,11 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
                 let word = slot.word.load(Ordering::Acquire);
                 if word & 1 == 1 && word >> 1 != epoch {
                     let owner = slot.owner.load(Ordering::Acquire);
-                    if owner != self.token && owner != 0 && (self.is_dead)(owner) {
-                        self.map.clear_pin(slot, owner);
+                    if owner != self.token
+                        && owner != 0
+                        && (self.is_dead)(owner)
+                        && self.map.clear_pin(slot, owner, self.token)
+                    {
                         continue;
                     }
                     return false;
@@ -1548,6 +1606,12 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         heap.repairs.fetch_add(1, Ordering::Relaxed);
         heap.recovered_blocks
             .fetch_add(recovered, Ordering::Relaxed);
+        self.map
+            .ctrl
+            .lock
+            .0
+            .needs_repair
+            .store(0, Ordering::Relaxed);
         Ok(MapRepair {
             recovered_blocks: recovered,
             entries: reachable.len() as u64,
@@ -1940,5 +2004,160 @@ mod tests {
         let mut w = map.lock(ME, slot, dead, None).unwrap();
         w.reclaim();
         w.check().unwrap();
+    }
+
+    /// Arenas whose arena 1 can be made unavailable.
+    struct Flaky<'h> {
+        inner: &'h HeapArenas,
+        fail1: std::cell::Cell<bool>,
+    }
+
+    impl Arenas for Flaky<'_> {
+        type Bytes = HeapRing;
+
+        fn arena(&self, index: u32, lease: u64, len: u64) -> Option<&HeapRing> {
+            if index == 1 && self.fail1.get() {
+                return None;
+            }
+            self.inner.arena(index, lease, len)
+        }
+
+        fn grow(&self, index: u32, min_len: u64) -> Option<(u64, u64)> {
+            self.inner.grow(index, min_len)
+        }
+    }
+
+    #[test]
+    fn a_late_clearer_leaves_a_new_readers_pin_alone() {
+        const DEAD: u64 = 99;
+        const CLEARER_A: u64 = 21;
+        const CLEARER_B: u64 = 22;
+        let heap = HeapMap::new(1, &[64 * 3]);
+        let map = heap.map();
+        let ws = map.claim_pin_slot(ME, alive).unwrap();
+        map.lock(ME, ws, alive, None)
+            .unwrap()
+            .insert(b"k", b"old")
+            .unwrap();
+        let dead_slot = map.claim_pin_slot(DEAD, alive).unwrap();
+        std::mem::forget(map.pin(dead_slot));
+        let reader_pin = std::cell::Cell::new(None);
+        let first = std::cell::Cell::new(true);
+        // Clearer A judges DEAD dead; meanwhile clearer B clears the slot
+        // and reader OTHER claims it and pins. A must then do nothing.
+        map.clear_dead_pins(
+            |owner| {
+                if owner == DEAD && first.replace(false) {
+                    map.clear_dead_pins(|o| o == DEAD, CLEARER_B);
+                    let slot = map.claim_pin_slot(OTHER, alive).unwrap();
+                    assert_eq!(slot, dead_slot);
+                    reader_pin.set(Some(map.pin(slot)));
+                }
+                owner == DEAD
+            },
+            CLEARER_A,
+        );
+        let pin = reader_pin.take().expect("the reader pinned");
+        let mut out = Vec::new();
+        assert!(map.get_into(&pin, b"k", &mut out).unwrap());
+        let mut w = map.lock(ME, ws, alive, None).unwrap();
+        w.remove(b"k").unwrap();
+        w.insert(b"a", b"1").unwrap();
+        // The arena holds two blocks; the third put needs k's, which the
+        // reader's pin still protects.
+        assert!(matches!(
+            w.insert(b"b", b"2"),
+            Err(MapError::OutOfMemory { .. })
+        ));
+        drop(w);
+        drop(pin);
+    }
+
+    #[test]
+    fn a_failed_repair_is_retried_by_the_next_holder() {
+        const DEAD: u64 = 99;
+        let heap = HeapMap::new(1, &[64 * 2, 4096]);
+        let arenas = Flaky {
+            inner: &heap.arenas,
+            fail1: std::cell::Cell::new(false),
+        };
+        let map = Map::new(&heap.ctrl, &heap.buckets, &arenas).unwrap();
+        let ws = map.claim_pin_slot(ME, alive).unwrap();
+        {
+            let mut w = map.lock(ME, ws, alive, None).unwrap();
+            for i in 0..4u8 {
+                w.insert(&[b'k', i], b"v").unwrap();
+            }
+            w.remove(&[b'k', 0]).unwrap();
+            w.reclaim();
+        }
+        // A writer pops a free block (now USED) and dies before moving the
+        // free-list head.
+        let ds = map.claim_pin_slot(DEAD, alive).unwrap();
+        let w = map.lock(DEAD, ds, alive, None).unwrap();
+        let r = heap.ctrl.heap.0.free[0].load(Ordering::Relaxed);
+        assert_ne!(r, 0);
+        map.block(r).unwrap().state().store(
+            BlockState {
+                tag: Tag::Used,
+                class: 0,
+                epoch: 0,
+            }
+            .word(),
+            Ordering::Relaxed,
+        );
+        std::mem::forget(w);
+        // The taker cannot map arena 1 now: the repair fails ...
+        arenas.fail1.set(true);
+        assert!(map.lock(ME, ws, |t| t == DEAD, None).is_err());
+        arenas.fail1.set(false);
+        // ... and the next holder repairs before writing.
+        let mut w = map.lock(ME, ws, |t| t == DEAD, None).unwrap();
+        w.insert(b"z", b"1").unwrap();
+        w.reclaim();
+        w.check().unwrap();
+    }
+
+    #[test]
+    fn an_insert_that_fails_leaks_nothing() {
+        let heap = HeapMap::new(1, &[64 * 2, 4096]);
+        let arenas = Flaky {
+            inner: &heap.arenas,
+            fail1: std::cell::Cell::new(false),
+        };
+        let map = Map::new(&heap.ctrl, &heap.buckets, &arenas).unwrap();
+        let ws = map.claim_pin_slot(ME, alive).unwrap();
+        let mut w = map.lock(ME, ws, alive, None).unwrap();
+        for i in 0..3u8 {
+            w.insert(&[b'k', i], b"v").unwrap();
+        }
+        w.remove(&[b'k', 0]).unwrap();
+        w.reclaim();
+        // The chain runs through arena 1, which cannot be mapped now.
+        arenas.fail1.set(true);
+        assert!(matches!(
+            w.insert(b"x", b"1"),
+            Err(MapError::ArenaUnavailable { index: 1 })
+        ));
+        arenas.fail1.set(false);
+        w.check().unwrap();
+    }
+
+    #[test]
+    fn a_scribbled_arena_length_still_bounds_a_walk() {
+        let heap = HeapMap::new(1, &[4096]);
+        let h = Handle::new(&heap, ME);
+        h.writer().insert(b"k", b"v").unwrap();
+        let good = h.map.bucket_head(0).load(Ordering::Relaxed);
+        h.map
+            .block(good)
+            .unwrap()
+            .next()
+            .store(good, Ordering::Relaxed);
+        heap.ctrl.arenas.0[0]
+            .len
+            .store(u64::MAX / 4, Ordering::Relaxed);
+        assert!(h.map.max_blocks() <= MAX_WALK);
+        assert_eq!(h.map.stats().arena_bytes, u64::MAX / 4);
     }
 }

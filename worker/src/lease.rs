@@ -2,8 +2,8 @@
 //! asked), opening, renewing, releasing and dropping holds through the
 //! supervisor, and the process's count of its holds.
 
-use std::cell::Cell;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::control::{LeaseGrant, LeaseKind, Reply, Request};
@@ -94,8 +94,9 @@ pub(crate) fn unhold(instance: &str, lease_id: u64) {
 pub(crate) struct Hold {
     instance: String,
     lease_id: u64,
-    /// As of the last acquire, open or renewal through this hold.
-    deadline_ms: Cell<u64>,
+    /// As of the last acquire, open or renewal through this hold (atomic:
+    /// handles that share a hold across threads renew through `&self`).
+    deadline_ms: AtomicU64,
     released: bool,
 }
 
@@ -105,7 +106,7 @@ impl Hold {
         Hold {
             instance: instance.to_owned(),
             lease_id,
-            deadline_ms: Cell::new(deadline_ms),
+            deadline_ms: AtomicU64::new(deadline_ms),
             released: false,
         }
     }
@@ -119,13 +120,13 @@ impl Hold {
     }
 
     pub(crate) fn deadline_ms(&self) -> u64 {
-        self.deadline_ms.get()
+        self.deadline_ms.load(Ordering::Relaxed)
     }
 
     /// Moves the deadline to `lease_secs` from now.
     pub(crate) fn renew(&self, lease_secs: u64) -> Result<()> {
-        self.deadline_ms
-            .set(renew(&self.instance, self.lease_id, lease_secs)?);
+        let deadline = renew(&self.instance, self.lease_id, lease_secs)?;
+        self.deadline_ms.fetch_max(deadline, Ordering::Relaxed);
         Ok(())
     }
 

@@ -111,9 +111,12 @@ struct Inner {
     slots: Mutex<Vec<PinSlotId>>,
 }
 
-// SAFETY: `ctrl` points into the mapping `lease` keeps alive; the control
-// block is only accessed through atomics (and immutable parameters), so
-// sharing the handle across threads is sound.
+// SAFETY: `ctrl` and the rings point into mappings that `lease` and the
+// arenas' backings keep alive for `Inner`'s life; shared memory is only
+// accessed through atomics and the map protocol (and immutable
+// parameters); the leases are `Sync` (their deadlines are atomics) and the
+// rest is atomics and mutexes, so sharing the handle across threads is
+// sound.
 unsafe impl Send for Inner {}
 // SAFETY: as above.
 unsafe impl Sync for Inner {}
@@ -299,6 +302,9 @@ impl FabricHashMap {
                 layout::MAX_BUCKETS
             ))
         })?;
+        let mut params = params;
+        // Arenas added later get the TTL the map was made with.
+        params.reserved[0] = options.lease_secs;
         let arena0 = options.arena_bytes.max(4096);
         let lease = MemBuilder::new()
             .instance(&options.instance)
@@ -333,8 +339,7 @@ impl FabricHashMap {
     pub fn open_in(instance: &str, lease_id: u64) -> Result<FabricHashMap> {
         let lease = MemLease::open_in(instance, lease_id)?;
         lease.check()?;
-        let secs = (lease.deadline_ms() / 1000).saturating_sub(crate::host::unix_time_secs());
-        FabricHashMap::from_backing(Backing::Lease(lease), instance, secs.max(1), false)
+        FabricHashMap::from_backing(Backing::Lease(lease), instance, 0, false)
     }
 
     /// For the supervisor, which owns the instance's leases: the map in a
@@ -354,10 +359,16 @@ impl FabricHashMap {
         if u64::from_le_bytes(magic) != layout::MAP_MAGIC {
             return Ok(None);
         }
-        FabricHashMap::from_backing(Backing::Segment(segment), instance, 1, true).map(Some)
+        let lease_id = segment.fields().lease_id;
+        let map = FabricHashMap::from_backing(Backing::Segment(segment), instance, 1, true)?;
+        // A map names its own lease as arena 0's: a copy of a map's bytes
+        // in another lease (a stored object, say) is not taken for one.
+        let own = map.inner.checked()?.arena_leases().first() == Some(&lease_id);
+        Ok(own.then_some(map))
     }
 
-    /// Binds to the map in `lease` (made or opened), checking its layout.
+    /// Binds to the map in `lease` (made or opened), checking its layout;
+    /// new arenas get `lease_secs`, or (0) the TTL the map was made with.
     fn from_backing(
         lease: Backing,
         instance: &str,
@@ -375,6 +386,11 @@ impl FabricHashMap {
         if params.magic != layout::MAP_MAGIC {
             return Err(corrupt("the lease holds no map"));
         }
+        let lease_secs = match (lease_secs, params.reserved[0]) {
+            (0, 0) => DEFAULT_LEASE_SECS,
+            (0, made_with) => made_with,
+            (secs, _) => secs,
+        };
         let params = MapParams::new(params.buckets).map_err(|_| corrupt("bucket count"))?;
         let buckets_at = CONTROL_SIZE;
         let arena0_at = buckets_at + params.buckets_len();
@@ -424,7 +440,10 @@ impl FabricHashMap {
     pub fn lease_ids(&self) -> Result<Vec<u64>> {
         let map = self.inner.checked()?;
         let mut ids = map.arena_leases();
-        ids[0] = self.lease_id();
+        match ids.first_mut() {
+            Some(first) => *first = self.lease_id(),
+            None => ids.push(self.lease_id()),
+        }
         Ok(ids)
     }
 
@@ -459,6 +478,12 @@ impl FabricHashMap {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// The TTL (seconds) the map's new leases get: the one it was made
+    /// with.
+    pub fn lease_secs(&self) -> u64 {
+        self.inner.arenas.lease_secs
     }
 
     /// Number of buckets.
@@ -572,7 +597,7 @@ impl FabricHashMap {
     /// `Map(Corrupt)`; lease errors.
     pub fn repair_dead(&self) -> Result<Option<MapRepair>> {
         let map = self.inner.checked()?;
-        map.clear_dead_pins(is_dead);
+        map.clear_dead_pins(is_dead, me());
         let holder = map.lock_holder();
         if holder == 0 || holder == me() || !is_dead(holder) {
             return Ok(None);

@@ -187,10 +187,10 @@ impl MemObjectStore {
 
     fn of(map: FabricHashMap, options: &MapOptions) -> MemObjectStore {
         MemObjectStore {
+            lease_secs: map.lease_secs().max(1),
             map,
             instance: options.instance.clone(),
             large_object_bytes: DEFAULT_LARGE_OBJECT_BYTES,
-            lease_secs: options.lease_secs.max(1),
         }
     }
 
@@ -212,11 +212,7 @@ impl MemObjectStore {
     /// As [`ObjectStore::put`].
     pub fn lease_ids(&self) -> Result<Vec<u64>> {
         let mut ids = self.map.lease_ids()?;
-        for uri in self.list("")? {
-            if let Some(id) = self.head(&uri?)?.and_then(|m| m.lease_id) {
-                ids.push(id);
-            }
-        }
+        ids.extend(self.large_object_leases()?);
         Ok(ids)
     }
 
@@ -226,11 +222,7 @@ impl MemObjectStore {
     /// The first renewal that failed.
     pub fn renew(&self, lease_secs: u64) -> Result<()> {
         let mut first = self.map.renew(lease_secs).err();
-        for id in self
-            .lease_ids()?
-            .into_iter()
-            .skip(self.map.lease_ids()?.len())
-        {
+        for id in self.large_object_leases()? {
             // Renewing takes a hold; this one ends with the handle.
             let renewed = MemLease::open_in(&self.instance, id).and_then(|l| l.renew(lease_secs));
             if let Err(e) = renewed {
@@ -238,6 +230,21 @@ impl MemObjectStore {
             }
         }
         first.map_or(Ok(()), Err)
+    }
+
+    /// The leases of the large objects stored now (an object that cannot
+    /// be read is skipped, not an error: it holds no lease to renew).
+    fn large_object_leases(&self) -> Result<Vec<u64>> {
+        let mut ids = Vec::new();
+        for uri in self.list("")? {
+            if let Ok(Some(id)) = uri
+                .and_then(|uri| self.head(&uri))
+                .map(|m| m.and_then(|m| m.lease_id))
+            {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
     }
 
     fn map_key(&self, uri: &FabricUri) -> Result<MapKey> {
