@@ -176,6 +176,9 @@ pub struct Supervisor {
     /// Pins seen holding reuse back, by map, slot and pin word, with when
     /// each was first seen.
     pins_seen: BTreeMap<(String, usize, u64), Instant>,
+    /// Map writer locks seen held, by map, with the holder and when it was
+    /// first seen holding.
+    locks_seen: BTreeMap<String, (u64, Instant)>,
     shutdown_requested: bool,
 }
 
@@ -333,6 +336,7 @@ impl Supervisor {
             watched_maps: BTreeMap::new(),
             not_maps: BTreeSet::new(),
             pins_seen: BTreeMap::new(),
+            locks_seen: BTreeMap::new(),
             stuck_killed: BTreeSet::new(),
             shutdown_requested: false,
         }
@@ -1223,14 +1227,17 @@ impl Supervisor {
         }
     }
 
-    /// Looks at the pins of every map: a pin holding reuse back (pinned at
-    /// an older epoch) past the claim-age limit is a stuck reader, killed
-    /// if it is ours; a dead holder's pin, or a dead writer's lock, gets
-    /// repaired.
+    /// Looks at the pins and writer locks of every map: a pin holding
+    /// reuse back (pinned at an older epoch) past the claim-age limit is a
+    /// stuck reader, killed if it is ours; a writer lock held that long by
+    /// a stopped process (SIGSTOP, a debugger) gets its holder killed (a
+    /// running writer is left alone); a dead holder's pin, or a dead
+    /// writer's lock, gets repaired.
     fn watch_pins(&mut self) {
         self.refresh_maps();
         let now = Instant::now();
         let mut seen = BTreeMap::new();
+        let mut locks = BTreeMap::new();
         let mut stuck = Vec::new();
         let mut repair = false;
         for (object, map) in &self.watched_maps {
@@ -1245,18 +1252,48 @@ impl Supervisor {
                 if !holder.is_alive() {
                     repair = true;
                 } else if now.duration_since(first) >= self.config.claim_age_limit {
-                    stuck.push((holder, object.clone(), now.duration_since(first)));
+                    stuck.push((
+                        holder,
+                        object.clone(),
+                        now.duration_since(first),
+                        StuckKind::Reader,
+                    ));
                 }
             }
             let writer = map.lock_holder().unwrap_or(0);
-            if writer != 0 && !ProcessId::unpack(writer).is_alive() {
+            if writer == 0 {
+                continue;
+            }
+            let holder = ProcessId::unpack(writer);
+            if !holder.is_alive() {
                 repair = true;
+                continue;
+            }
+            // Timed only while the holder is seen stopped holding it, scan
+            // after scan: a running writer takes and gives it back all the
+            // time.
+            if !holder.is_stopped() {
+                continue;
+            }
+            let first = match self.locks_seen.get(object) {
+                Some(&(seen_holder, first)) if seen_holder == writer => first,
+                _ => now,
+            };
+            locks.insert(object.clone(), (writer, first));
+            if now.duration_since(first) >= self.config.claim_age_limit {
+                stuck.push((
+                    holder,
+                    object.clone(),
+                    now.duration_since(first),
+                    StuckKind::Writer,
+                ));
             }
         }
         self.pins_seen = seen;
-        for (holder, object, held) in stuck {
+        self.locks_seen = locks;
+        for (holder, object, held, kind) in stuck {
             if self.is_ours(holder) {
-                self.kill_stuck(holder, &object, held, StuckKind::Reader);
+                self.kill_stuck(holder, &object, held, kind);
             }
         }
         if repair {
@@ -1320,6 +1357,10 @@ impl Supervisor {
                     StuckKind::Reader => (
                         Counter::StuckReadersKilled,
                         "killed a process holding a map pin (holding reuse back) past the claim-age limit",
+                    ),
+                    StuckKind::Writer => (
+                        Counter::StuckClaimersKilled,
+                        "killed a stopped process holding a map's writer lock past the claim-age limit",
                     ),
                 };
                 self.counters().add(counter, 1);
@@ -1469,6 +1510,8 @@ enum StuckKind {
     Claimer,
     /// A map pin holding reuse back.
     Reader,
+    /// A map's writer lock (killed only while stopped).
+    Writer,
 }
 
 fn attached(peer: &Peer) -> Result<u64, ControlError> {

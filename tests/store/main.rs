@@ -45,7 +45,7 @@ fn main() {
     }
     let paths = InstancePaths::new(&instance).expect("a valid instance name");
     let supervisor = start_supervisor(&paths, root.join("data"));
-    let tests: [(&str, Test); 5] = [
+    let tests: [(&str, Test); 6] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
             "writers_and_readers_killed_lose_nothing_and_leak_nothing",
@@ -60,6 +60,7 @@ fn main() {
             "an_entry_a_dead_writer_unlinked_stays_whole_for_its_reader",
             orphan_stays_whole,
         ),
+        ("a_writer_stopped_holding_the_lock_is_killed", stuck_writer),
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -155,6 +156,7 @@ fn peer(role: &str) {
     let log = std::env::var(LOG_ENV).expect("log path");
     let mut log = std::fs::OpenOptions::new()
         .append(true)
+        .create(true)
         .open(log)
         .expect("open the log");
     // Ends a line the previous peer may have left half-written when it
@@ -764,4 +766,33 @@ fn orphan_stays_whole(root: &Path) {
         log.lines().any(|l| l == "G 1 found"),
         "the get in progress lost its entry: {log}"
     );
+}
+
+/// A writer stopped (SIGSTOP) while holding the lock would make every
+/// other writer wait: past the claim-age limit the supervisor kills it,
+/// and the next writer takes the lock over and repairs.
+fn stuck_writer(root: &Path) {
+    let store = MemObjectStore::new(64).expect("the store");
+    let peers = Peers::new(root.join("store-ops.log"));
+    let killed_before = counter("stuck_claimers_killed");
+    let mut writer = peers.spawn_armed("writer:4:0", Some("map-after-alloc:3:stop".into()));
+    let status = peers.reap(&mut writer);
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the supervisor SIGKILLed the stopped writer"
+    );
+    assert!(counter("stuck_claimers_killed") > killed_before);
+    // Writers go on: the lock is taken over (by the supervisor after the
+    // death, or by this put) and the heap repaired.
+    store.put(&uri(4, 99), b"after", None).unwrap();
+    assert_eq!(
+        store.get(&uri(4, 99)).unwrap().as_deref(),
+        Some(&b"after"[..])
+    );
+    store.map().reclaim().unwrap();
+    store
+        .map()
+        .check()
+        .expect("no leak after the stopped writer's repair");
 }
