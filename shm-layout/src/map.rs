@@ -1129,8 +1129,18 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     /// # Errors
     /// `BadKey`, `TooLarge`, `OutOfMemory`, `ArenaUnavailable`, `Corrupt`.
     pub fn insert(&mut self, key: &[u8], value: &[u8]) -> Result<bool, MapError> {
+        self.insert_parts(key, &[value])
+    }
+
+    /// Stores the concatenation of `parts` under `key` (no intermediate
+    /// copy); whether it replaced a value.
+    ///
+    /// # Errors
+    /// As [`Writer::insert`].
+    pub fn insert_parts(&mut self, key: &[u8], parts: &[&[u8]]) -> Result<bool, MapError> {
         check_key(key)?;
-        let needed = ENTRY_OVERHEAD + key.len() as u64 + value.len() as u64;
+        let value_len: usize = parts.iter().map(|p| p.len()).sum();
+        let needed = ENTRY_OVERHEAD + key.len() as u64 + value_len as u64;
         let class = class_for(needed).ok_or(MapError::TooLarge {
             needed,
             max: MAX_BLOCK.min(class_size(CLASSES as u8 - 1)),
@@ -1145,13 +1155,22 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let mut fields = [0u8; 16];
         fields[..8].copy_from_slice(&hash.to_le_bytes());
         fields[8..]
-            .copy_from_slice(&((key.len() as u64) | ((value.len() as u64) << 32)).to_le_bytes());
+            .copy_from_slice(&((key.len() as u64) | ((value_len as u64) << 32)).to_le_bytes());
         block.write(HASH, &fields);
         block.write(KEY, key);
-        let (first, rest) = value.split_at(value.len() / 2);
-        block.write(KEY + key.len() as u64, first);
-        crash::point(CrashPoint::MapMidWrite);
-        block.write(KEY + (key.len() + first.len()) as u64, rest);
+        let mut at = KEY + key.len() as u64;
+        for (i, part) in parts.iter().enumerate() {
+            if i + 1 == parts.len() {
+                // Half of the last part written: the mid-write window.
+                let (first, rest) = part.split_at(part.len() / 2);
+                block.write(at, first);
+                crash::point(CrashPoint::MapMidWrite);
+                block.write(at + first.len() as u64, rest);
+            } else {
+                block.write(at, part);
+            }
+            at += part.len() as u64;
+        }
         let publish = order(Ordering::Release, Mutant::MapLinkRelaxed, Ordering::Relaxed);
         let replaced = match found {
             Some((pred, old)) => {

@@ -319,11 +319,12 @@ impl ObjectStore for MemObjectStore {
                 .map(|t| created_ms.saturating_add(t.as_millis() as u64)),
             lease_id: large.as_ref().map(MemLease::lease_id),
         };
-        let value = encode(&meta, if large.is_some() { &[] } else { data });
-        let mut old = Vec::new();
+        let header = encode(&meta, &[]);
+        let inline = if large.is_some() { &[][..] } else { data };
+        let mut old = Vec::with_capacity(REFERENCE_PREFIX);
         let stored = self.map.write(|w| {
             let had = w.get_prefix_into(&key, REFERENCE_PREFIX, &mut old)?;
-            w.insert(&key, &value)?;
+            w.insert_parts(&key, &[&header, inline])?;
             Ok(had)
         });
         match stored {
