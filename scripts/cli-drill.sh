@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The grafos commands as a new user types them, against a worker holding a
 # lease: `grafos up --detach`, `grafos status --json`, `grafos lease
-# poison ID`, `grafos down`, then `grafos run` on the example topology with
+# poison ID`, `grafos store put|get|ls|rm` (and a malformed URI refused),
+# `grafos down`, then `grafos run` on the example topology with
 # a `grafos kill`; nothing of the instance may be left in /dev/shm or on
 # disk. Fails when any step or count is not what it should
 # be. Reports how long each wait took.
@@ -14,12 +15,13 @@ export GRAFOS_INSTANCE="drill$$"
 GRAFOS_RUNTIME_DIR=$(mktemp -d)
 export GRAFOS_RUNTIME_DIR
 out=$(mktemp)
+files=$(mktemp -d)
 drill=""
 
 cleanup() {
     [[ -n "$drill" ]] && kill -KILL "$drill" 2>/dev/null || true
     "$bin/grafos" down >/dev/null 2>&1 || true
-    rm -rf "$GRAFOS_RUNTIME_DIR" "$out"
+    rm -rf "$GRAFOS_RUNTIME_DIR" "$out" "$files"
 }
 trap cleanup EXIT
 
@@ -62,6 +64,28 @@ await "the worker to notice" grep -q "lease $id ended .*poisoned" "$out"
 wait "$drill" || fail "lease_drill failed"
 drill=""
 status_has '"leases_poisoned": 1' || fail "poison not counted"
+
+echo "grafos store put / get / ls / rm"
+uri="fabric://$GRAFOS_INSTANCE/drill"
+head -c 3000 /dev/urandom >"$files/small"
+head -c 200000 /dev/urandom >"$files/large" # over the large-object threshold
+"$bin/grafos" store put "$uri/a/small" "$files/small"
+"$bin/grafos" store put "$uri/large" - <"$files/large"
+"$bin/grafos" store get "$uri/a/small" -o "$files/small.out"
+cmp -s "$files/small" "$files/small.out" || fail "small object changed"
+"$bin/grafos" store get "$uri/large" >"$files/large.out"
+cmp -s "$files/large" "$files/large.out" || fail "large object changed"
+listed=$("$bin/grafos" store ls "$uri/")
+[[ $(wc -l <<<"$listed") -eq 2 ]] || fail "store ls listed: $listed"
+grep -q "^$uri/large	200000$" <<<"$listed" || fail "store ls: no large object in: $listed"
+"$bin/grafos" store rm "$uri/large"
+if "$bin/grafos" store get "$uri/large" >/dev/null 2>&1; then
+    fail "a removed object is still there"
+fi
+if "$bin/grafos" store get "fabric://$GRAFOS_INSTANCE/drill/a b" 2>"$files/err"; then
+    fail "a malformed URI was accepted"
+fi
+grep -q "bad URI: .*key" "$files/err" || fail "malformed URI reason: $(cat "$files/err")"
 
 echo "grafos down"
 "$bin/grafos" down

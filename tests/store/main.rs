@@ -45,7 +45,7 @@ fn main() {
     }
     let paths = InstancePaths::new(&instance).expect("a valid instance name");
     let supervisor = start_supervisor(&paths, root.join("data"));
-    let tests: [(&str, Test); 6] = [
+    let tests: [(&str, Test); 7] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
             "writers_and_readers_killed_lose_nothing_and_leak_nothing",
@@ -61,6 +61,7 @@ fn main() {
             orphan_stays_whole,
         ),
         ("a_writer_stopped_holding_the_lock_is_killed", stuck_writer),
+        ("objects_past_their_ttl_are_gone", ttl),
     ];
     let filters: Vec<String> = std::env::args()
         .skip(1)
@@ -795,4 +796,52 @@ fn stuck_writer(root: &Path) {
         .map()
         .check()
         .expect("no leak after the stopped writer's repair");
+}
+
+/// An object with a TTL is there until it runs out, then gone for `get`,
+/// `head` and `list`; its neighbour without one stays; defaults and
+/// content types come back as stored.
+fn ttl(_root: &Path) {
+    let store = MemObjectStore::new(64).expect("the store");
+    let deadline = Instant::now() + TEST_BUDGET;
+    let short = FabricUri::new(&instance(), "ttl", "short").unwrap();
+    let kept = FabricUri::new(&instance(), "ttl", "kept").unwrap();
+    let opts = PutOptions {
+        ttl: Some(Duration::from_millis(300)),
+        content_type: Some("text/plain".into()),
+    };
+    let meta = store.put(&short, b"soon gone", Some(opts)).unwrap();
+    assert_eq!(meta.content_type, "text/plain");
+    assert!(meta.expires_ms.is_some());
+    let meta = store.put(&kept, b"stays", None).unwrap();
+    assert_eq!(
+        meta.content_type,
+        grafos_worker::store::DEFAULT_CONTENT_TYPE
+    );
+    assert_eq!(meta.expires_ms, None);
+    assert_eq!(
+        store.get(&short).unwrap().as_deref(),
+        Some(&b"soon gone"[..])
+    );
+    let listed = |store: &MemObjectStore| -> Vec<String> {
+        let mut uris: Vec<String> = store
+            .list("ttl/")
+            .unwrap()
+            .map(|u| u.unwrap().key().to_string())
+            .collect();
+        uris.sort();
+        uris
+    };
+    assert_eq!(listed(&store), ["kept", "short"]);
+    while store.get(&short).unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the TTL never ran out");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(store.head(&short).unwrap().is_none());
+    assert_eq!(listed(&store), ["kept"]);
+    assert_eq!(store.get(&kept).unwrap().as_deref(), Some(&b"stays"[..]));
+    // Another instance's URI is refused, naming both.
+    let foreign = FabricUri::new("elsewhere", "ttl", "x").unwrap();
+    let err = store.put(&foreign, b"x", None).unwrap_err().to_string();
+    assert!(err.contains("elsewhere"), "{err}");
 }
