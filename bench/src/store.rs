@@ -255,27 +255,5 @@ pub(crate) fn store_table(runs: usize, redis: Option<&str>, keys: u64) {
 
 /// Writes every key of both processes once, so get rows find them.
 fn fill_both(peer: Peer, redis: &str, keys: u64) {
-    let start = unix_ns() + 100_000_000;
-    let children: Vec<_> = (0..2u64)
-        .map(|p| {
-            self_exe()
-                .args([
-                    "child",
-                    "store-load",
-                    peer.name(),
-                    "put",
-                    &p.to_string(),
-                    &keys.to_string(),
-                    &start.to_string(),
-                    redis,
-                    &keys.to_string(),
-                ])
-                .stdout(Stdio::null())
-                .spawn()
-                .expect("spawn a fill child")
-        })
-        .collect();
-    for mut child in children {
-        assert!(child.wait().unwrap().success(), "fill child failed");
-    }
+    row(peer, Op::Put, 2, keys, redis, keys);
 }

@@ -10,15 +10,15 @@
 //! Our own harness (`harness = false`): one instance for all snippets, and
 //! the same binary serves as the second process.
 
+#[path = "../common/harness.rs"]
+mod harness;
+
 mod recipe8;
 mod stream;
 
-use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use grafos_runtime::supervisor::Config;
-use grafos_worker::instance::InstancePaths;
-use grafos_worker::segment::list_segments;
 
 /// A snippet's result.
 pub type SeedResult = Result<(), Box<dyn std::error::Error>>;
@@ -63,70 +63,20 @@ fn main() {
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let instance = format!("seeds{}", std::process::id());
-    let root = std::env::temp_dir().join(format!("grafos-seeds-{instance}"));
-    let _ = std::fs::remove_dir_all(&root);
-    // SAFETY: nothing else runs yet: no thread reads the environment.
-    unsafe {
-        std::env::set_var("GRAFOS_INSTANCE", &instance);
-        std::env::set_var("GRAFOS_RUNTIME_DIR", &root);
-    }
-    let paths = InstancePaths::new(&instance).expect("a valid instance name");
-    let supervisor = start_supervisor(&paths, root.join("data"));
-
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = Vec::new();
-    for (name, seed) in ALL {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let started = Instant::now();
-        match std::panic::catch_unwind(seed) {
-            Ok(Ok(())) => println!("test {name} ... ok ({:.1?})", started.elapsed()),
-            Ok(Err(e)) => {
-                println!("test {name} ... FAILED: {e}");
-                failed.push(*name);
-            }
-            Err(_) => {
-                println!("test {name} ... FAILED (panicked)");
-                failed.push(*name);
-            }
-        }
-    }
-
-    grafos_runtime::up::down(&paths).expect("grafos down");
-    supervisor.join().expect("the supervisor thread ends");
-    let left = list_segments(&instance).expect("/dev/shm is readable");
-    let _ = std::fs::remove_dir_all(&root);
-    assert!(left.is_empty(), "segments left in /dev/shm: {left:?}");
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
-}
-
-/// Runs a supervisor for `paths` on a thread; returns once it answers.
-fn start_supervisor(paths: &InstancePaths, data_dir: PathBuf) -> std::thread::JoinHandle<()> {
-    let config = Config {
+    let instance = harness::Instance::start("seeds", |data_dir| Config {
         pool_size: 256 << 20,
         block_pool_size: 64 << 20,
         data_dir,
         grace: Duration::from_secs(2),
         claim_age_limit: Duration::from_secs(10),
-    };
-    let (ready, started) = std::sync::mpsc::channel();
-    let paths = paths.clone();
-    let thread = std::thread::spawn(move || {
-        grafos_runtime::up::run_foreground(&paths, config, |_| {
-            let _ = ready.send(());
-        })
-        .expect("the supervisor starts");
     });
-    started
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the supervisor answers");
-    thread
+    let tests = ALL
+        .iter()
+        .map(|&(name, seed)| {
+            let run: Box<dyn Fn() -> harness::Outcome> =
+                Box::new(move || seed().map_err(|e| e.to_string()));
+            (name, run)
+        })
+        .collect();
+    instance.run(tests);
 }

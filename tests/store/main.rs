@@ -8,6 +8,9 @@
 //! runs on a thread); it re-executes itself as the peer processes
 //! (`GRAFOS_STORE_PEER=writer|reader`).
 
+#[path = "../common/harness.rs"]
+mod harness;
+
 use std::collections::BTreeMap;
 use std::io::Write;
 use std::os::unix::process::ExitStatusExt;
@@ -35,16 +38,14 @@ fn main() {
     if let Ok(role) = std::env::var(PEER_ENV) {
         return peer(&role);
     }
-    let instance = format!("store{}", std::process::id());
-    let root = std::env::temp_dir().join(format!("grafos-store-{instance}"));
-    let _ = std::fs::remove_dir_all(&root);
-    // SAFETY: nothing else runs yet: no thread reads the environment.
-    unsafe {
-        std::env::set_var("GRAFOS_INSTANCE", &instance);
-        std::env::set_var("GRAFOS_RUNTIME_DIR", &root);
-    }
-    let paths = InstancePaths::new(&instance).expect("a valid instance name");
-    let supervisor = start_supervisor(&paths, root.join("data"));
+    let instance = harness::Instance::start("store", |data_dir| Config {
+        pool_size: 512 << 20,
+        block_pool_size: 16 << 20,
+        data_dir,
+        grace: Duration::from_secs(1),
+        claim_age_limit: Duration::from_secs(2),
+    });
+    let root = instance.root.clone();
     let tests: [(&str, Test); 7] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
@@ -63,59 +64,23 @@ fn main() {
         ("a_writer_stopped_holding_the_lock_is_killed", stuck_writer),
         ("objects_past_their_ttl_are_gone", ttl),
     ];
-    let filters: Vec<String> = std::env::args()
-        .skip(1)
-        .filter(|a| !a.starts_with('-'))
-        .collect();
-    let mut failed = Vec::new();
-    for (name, test) in tests {
-        if !filters.is_empty() && !filters.iter().any(|f| name.contains(f.as_str())) {
-            continue;
-        }
-        let started = Instant::now();
-        match std::panic::catch_unwind(|| test(&root)) {
-            Ok(()) => println!("test {name} ... ok ({:.1?})", started.elapsed()),
-            Err(_) => {
-                println!("test {name} ... FAILED");
-                failed.push(name);
-            }
-        }
-    }
-    grafos_runtime::up::down(&paths).expect("grafos down");
-    supervisor.join().expect("the supervisor thread ends");
-    let left = list_segments(&instance).expect("/dev/shm is readable");
-    let _ = std::fs::remove_dir_all(&root);
-    assert!(left.is_empty(), "segments left in /dev/shm: {left:?}");
-    if !failed.is_empty() {
-        println!("failed: {failed:?}");
-        std::process::exit(1);
-    }
-}
-
-/// A test: runs in the harness process with the runtime root.
-type Test = fn(&Path);
-
-fn start_supervisor(paths: &InstancePaths, data_dir: PathBuf) -> std::thread::JoinHandle<()> {
-    let config = Config {
-        pool_size: 512 << 20,
-        block_pool_size: 16 << 20,
-        data_dir,
-        grace: Duration::from_secs(1),
-        claim_age_limit: Duration::from_secs(2),
-    };
-    let (ready, started) = std::sync::mpsc::channel();
-    let paths = paths.clone();
-    let thread = std::thread::spawn(move || {
-        grafos_runtime::up::run_foreground(&paths, config, |_| {
-            let _ = ready.send(());
+    let tests = tests
+        .into_iter()
+        .map(|(name, test)| {
+            let root = root.clone();
+            let run: Box<dyn Fn() -> harness::Outcome> = Box::new(move || {
+                test(&root);
+                Ok(())
+            });
+            (name, run)
         })
-        .expect("the supervisor starts");
-    });
-    started
-        .recv_timeout(Duration::from_secs(20))
-        .expect("the supervisor answers");
-    thread
+        .collect();
+    instance.run(tests);
 }
+
+/// A test: runs in the harness process with the runtime root; fails by
+/// panicking.
+type Test = fn(&Path);
 
 fn instance() -> String {
     std::env::var("GRAFOS_INSTANCE").expect("set by the harness")

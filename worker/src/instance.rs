@@ -119,3 +119,24 @@ fn runtime_root() -> PathBuf {
         rustix::process::getuid().as_raw()
     ))
 }
+
+/// Opens (creating it if need be) a small file of the runtime dir for
+/// reading and writing, holding an exclusive `flock` on it until the file
+/// is dropped: the way processes of an instance agree on who makes a
+/// shared thing once.
+///
+/// # Errors
+/// `Io` (as `IoError`) or the `flock` failure.
+pub(crate) fn open_locked(path: &std::path::Path) -> crate::error::Result<std::fs::File> {
+    use crate::error::FabricError;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(path)
+        .map_err(|e| FabricError::from_io(&e))?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+        .map_err(|e| FabricError::io("flock", path.display().to_string(), e))?;
+    Ok(file)
+}

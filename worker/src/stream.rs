@@ -355,15 +355,7 @@ impl RunnablePipeline {
 fn edge_ids(dir: &std::path::Path, instance: &str, bytes: u64, count: usize) -> Result<Vec<u64>> {
     let io = |e: std::io::Error| FabricError::from_io(&e);
     let path: PathBuf = dir.join("edges");
-    let mut file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .open(&path)
-        .map_err(io)?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-        .map_err(|e| FabricError::io("flock", path.display().to_string(), e))?;
+    let mut file = crate::instance::open_locked(&path)?;
     let mut text = String::new();
     file.read_to_string(&mut text).map_err(io)?;
     let mut ids: Vec<u64> = text

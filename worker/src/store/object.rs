@@ -610,15 +610,7 @@ impl StoreFile {
         let io = |e: std::io::Error| FabricError::from_io(&e);
         std::fs::create_dir_all(paths.runtime_dir()).map_err(io)?;
         let path = paths.runtime_dir().join("object-store");
-        let file = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .open(&path)
-            .map_err(io)?;
-        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
-            .map_err(|e| FabricError::io("flock", path.display().to_string(), e))?;
+        let file = crate::instance::open_locked(&path)?;
         Ok(StoreFile { file, path })
     }
 
