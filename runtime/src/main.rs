@@ -75,7 +75,7 @@ enum Command {
     /// Stop the instance: expire every lease, remove every segment, the
     /// socket and the runtime dir. Cleans up after a dead supervisor too.
     Down,
-    /// Show the pool, leases, participants, queues and counters.
+    /// Show the pool, leases, participants, queues, hash maps and counters.
     Status {
         /// Print JSON instead of tables.
         #[arg(long)]

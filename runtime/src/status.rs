@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
 use grafos_worker::FabricError;
+use grafos_worker::collections::map::FabricHashMap;
 use grafos_worker::collections::queue::FabricQueue;
 use grafos_worker::host::unix_time_ms;
 use grafos_worker::instance::InstancePaths;
@@ -39,6 +40,8 @@ pub struct Status {
     pub participants: Vec<ParticipantStatus>,
     /// Queues of the instance.
     pub queues: Vec<QueueStatus>,
+    /// Hash maps (object stores) in memory leases.
+    pub maps: Vec<MapStatus>,
     /// The workers of the topology `grafos run` started, if any.
     pub workers: Option<GroupStatus>,
     /// Instance counters by name.
@@ -120,6 +123,31 @@ pub struct QueueStatus {
     pub error: Option<String>,
 }
 
+/// A FabricHashMap in a memory lease.
+#[derive(Debug, Serialize)]
+pub struct MapStatus {
+    /// The lease holding its control block.
+    pub lease_id: u64,
+    /// Entries reachable.
+    pub entries: u64,
+    /// Bytes of blocks in use.
+    pub used_bytes: u64,
+    /// Bytes retired, waiting for readers to move on.
+    pub retired_bytes: u64,
+    /// Arenas (leases) and their bytes.
+    pub arenas: u64,
+    /// Bytes of all arenas.
+    pub arena_bytes: u64,
+    /// The reclamation epoch.
+    pub epoch: u64,
+    /// Readers pinned now.
+    pub pins: usize,
+    /// Pid of the process holding the writer lock, if any.
+    pub writer_pid: Option<u32>,
+    /// Dead writers' locks taken over and heaps rebuilt.
+    pub repairs: u64,
+}
+
 /// Reads the instance's status.
 ///
 /// # Errors
@@ -196,6 +224,7 @@ pub fn read(paths: &InstancePaths) -> Result<Status, FabricError> {
             })
             .collect(),
         queues: queues(paths.instance())?,
+        maps: maps(paths.instance())?,
         workers: read_status(&paths.runtime_dir().join("workers.json")),
         counters,
     })
@@ -231,6 +260,38 @@ fn queues(instance: &str) -> Result<Vec<QueueStatus>, FabricError> {
                 sealed: false,
                 error: Some(e.to_string()),
             },
+        });
+    }
+    Ok(out)
+}
+
+fn maps(instance: &str) -> Result<Vec<MapStatus>, FabricError> {
+    let mut out = Vec::new();
+    for object in list_segments(instance)? {
+        if !object.starts_with("lease.") {
+            continue;
+        }
+        let Some(Ok(segment)) = open_if_kind(instance, &object, SegmentKind::Raw) else {
+            continue;
+        };
+        let lease_id = segment.fields().lease_id;
+        let Ok(Some(map)) = FabricHashMap::inspect(segment, instance) else {
+            continue;
+        };
+        let (Ok(stats), Ok(pins), Ok(writer)) = (map.stats(), map.pins(), map.lock_holder()) else {
+            continue;
+        };
+        out.push(MapStatus {
+            lease_id,
+            entries: stats.entries,
+            used_bytes: stats.used_bytes,
+            retired_bytes: stats.retired_bytes,
+            arenas: stats.arenas,
+            arena_bytes: stats.arena_bytes,
+            epoch: stats.epoch,
+            pins: pins.len(),
+            writer_pid: (writer != 0).then(|| ProcessId::unpack(writer).pid),
+            repairs: stats.repairs,
         });
     }
     Ok(out)
@@ -320,6 +381,40 @@ pub fn render(status: &Status) -> String {
                     if q.sealed { " sealed" } else { "" }
                 );
             }
+        }
+    }
+    if !status.maps.is_empty() {
+        let _ = writeln!(out, "\nMAPS");
+        let _ = writeln!(
+            out,
+            "{:>6} {:>9} {:>12} {:>12} {:>6} {:>12} {:>8} {:>4} {:>8} {:>7}",
+            "LEASE",
+            "ENTRIES",
+            "USED",
+            "RETIRED",
+            "ARENAS",
+            "ARENA BYTES",
+            "EPOCH",
+            "PINS",
+            "WRITER",
+            "REPAIRS"
+        );
+        for m in &status.maps {
+            let _ = writeln!(
+                out,
+                "{:>6} {:>9} {:>12} {:>12} {:>6} {:>12} {:>8} {:>4} {:>8} {:>7}",
+                m.lease_id,
+                m.entries,
+                m.used_bytes,
+                m.retired_bytes,
+                m.arenas,
+                m.arena_bytes,
+                m.epoch,
+                m.pins,
+                m.writer_pid
+                    .map_or_else(|| "-".to_owned(), |p| p.to_string()),
+                m.repairs
+            );
         }
     }
     if let Some(group) = &status.workers {
