@@ -712,7 +712,9 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
         // SeqCst: the store-buffering pair of `try_advance`'s fence: either
         // the advancer sees this pin, or this reader's loads after the
         // fence see every unlink made before the advancer's fence.
-        if !mutant::active(Mutant::MapPinSkipFence) {
+        let skip = mutant::active(Mutant::MapPinSkipFence)
+            || (locked && mutant::active(Mutant::MapWriterSkipFences));
+        if !skip {
             fence(Ordering::SeqCst);
         }
         Pin { word }
@@ -1416,7 +1418,9 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let state = BlockState::decode(locked_load(block.state())).map_or(0, |s| s.class);
         // SeqCst (as crossbeam seals a bag): the epoch read here is not
         // older than any a reader that could still reach the block pinned.
-        fence(Ordering::SeqCst);
+        if !mutant::active(Mutant::MapWriterSkipFences) {
+            fence(Ordering::SeqCst);
+        }
         let epoch = locked_load(&self.map.ctrl.epoch.0);
         block.link().store(0, Ordering::Relaxed);
         block.state().store(
@@ -1516,8 +1520,11 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let ctrl = self.map.ctrl;
         let epoch = locked_load(&ctrl.epoch.0);
         // SeqCst: pairs with the fence in `pin` (store buffering): a reader
-        // pinned after this fence sees every unlink made before it.
-        fence(Ordering::SeqCst);
+        // pinned after this fence sees every unlink made before it. (The
+        // re-pin just before in `collect` fences too; either suffices.)
+        if !mutant::active(Mutant::MapWriterSkipFences) {
+            fence(Ordering::SeqCst);
+        }
         if !mutant::active(Mutant::MapReclaimIgnoresPins) {
             for slot in &ctrl.pins {
                 // Acquire: a reader's unpin (Release) happens before this

@@ -85,6 +85,10 @@ pub enum Mutant {
     MapReclaimIgnoresPins,
     /// A reader pins without the `fence(SeqCst)` after storing its epoch.
     MapPinSkipFence,
+    /// The map writer skips its `fence(SeqCst)`s (retiring, re-pinning
+    /// and advancing): the writer's side of the store-buffering pair with
+    /// readers' pins.
+    MapWriterSkipFences,
 }
 
 #[cfg(loom)]

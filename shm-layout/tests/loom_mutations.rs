@@ -352,3 +352,12 @@ fn map_pin_without_fence_lets_memory_be_reused_under_a_reader() {
         "Causality violation",
     );
 }
+
+#[test]
+fn map_writer_without_fences_frees_under_a_pinned_reader() {
+    must_fail(
+        Mutant::MapWriterSkipFences,
+        models::map::pinned_reader_never_sees_reuse,
+        "Causality violation",
+    );
+}
