@@ -46,7 +46,7 @@ fn main() {
         claim_age_limit: Duration::from_secs(2),
     });
     let root = instance.root.clone();
-    let tests: [(&str, Test); 7] = [
+    let tests: [(&str, Test); 8] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
             "writers_and_readers_killed_lose_nothing_and_leak_nothing",
@@ -63,6 +63,7 @@ fn main() {
         ),
         ("a_writer_stopped_holding_the_lock_is_killed", stuck_writer),
         ("objects_past_their_ttl_are_gone", ttl),
+        ("an_arena_the_pool_cannot_cover_is_a_clear_error", full_pool),
     ];
     let tests = tests
         .into_iter()
@@ -809,4 +810,44 @@ fn ttl(_root: &Path) {
     let foreign = FabricUri::new("elsewhere", "ttl", "x").unwrap();
     let err = store.put(&foreign, b"x", None).unwrap_err().to_string();
     assert!(err.contains("elsewhere"), "{err}");
+}
+
+/// A map that needs an arena the pool cannot cover fails that insert with
+/// the supervisor's reason (the pool named, not a map error) and stays
+/// whole: what it held is still there, nothing leaked, and smaller inserts
+/// go on. (The arena asked for here is larger than the whole pool; one
+/// that fits the pool but not what is free gets `NoBudget` the same way,
+/// which the supervisor tests cover for leases.)
+fn full_pool(_root: &Path) {
+    use grafos_worker::collections::map::FabricHashMap;
+    let map = FabricHashMap::with_options(&MapOptions {
+        arena_bytes: 64 << 10,
+        ..MapOptions::new(16)
+    })
+    .expect("a small map");
+    for i in 0..100u64 {
+        map.insert(format!("k{i}").as_bytes(), &[i as u8; 500])
+            .unwrap();
+    }
+    // A 300 MB value needs a 512 MiB block: more than the 512 MiB pool
+    // has left.
+    let huge = vec![7u8; 300 << 20];
+    match map.insert(b"huge", &huge) {
+        Err(FabricError::NoBudget {
+            requested, free, ..
+        }) => {
+            assert!(requested > free, "{requested} requested, {free} free")
+        }
+        Err(FabricError::InvalidArgument(why)) if why.contains("memory pool") => {}
+        other => panic!("an arena the pool cannot cover gave {other:?}"),
+    }
+    for i in 0..100u64 {
+        assert_eq!(
+            map.get(format!("k{i}").as_bytes()).unwrap(),
+            Some(vec![i as u8; 500])
+        );
+    }
+    map.insert(b"after", b"fits").unwrap();
+    let census = map.check().expect("no leak, nothing corrupt");
+    assert_eq!(census.reachable, 101);
 }
