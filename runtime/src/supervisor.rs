@@ -171,8 +171,9 @@ pub struct Supervisor {
     stuck_killed: BTreeSet<u64>,
     /// Hash maps in memory leases, kept mapped by object name.
     watched_maps: BTreeMap<String, FabricHashMap>,
-    /// Lease segments known to hold no map.
-    not_maps: BTreeSet<String>,
+    /// Lease segments seen holding no map, with when first seen (one made
+    /// a moment ago may not be set up yet: looked at again for a while).
+    not_maps: BTreeMap<String, Instant>,
     /// Pins seen holding reuse back, by map, slot and pin word, with when
     /// each was first seen.
     pins_seen: BTreeMap<(String, usize, u64), Instant>,
@@ -334,7 +335,7 @@ impl Supervisor {
             next_claim_scan: Instant::now(),
             watched_queues: BTreeMap::new(),
             watched_maps: BTreeMap::new(),
-            not_maps: BTreeSet::new(),
+            not_maps: BTreeMap::new(),
             pins_seen: BTreeMap::new(),
             locks_seen: BTreeMap::new(),
             stuck_killed: BTreeSet::new(),
@@ -1203,12 +1204,14 @@ impl Supervisor {
         };
         self.watched_maps
             .retain(|object, _| objects.contains(object));
-        self.not_maps.retain(|object| objects.contains(object));
+        self.not_maps.retain(|object, _| objects.contains(object));
+        let now = Instant::now();
         for object in objects {
-            if !object.starts_with("lease.")
-                || self.watched_maps.contains_key(&object)
-                || self.not_maps.contains(&object)
-            {
+            let settled = self
+                .not_maps
+                .get(&object)
+                .is_some_and(|first| now.duration_since(*first) >= MAP_SETUP_GRACE);
+            if !object.starts_with("lease.") || self.watched_maps.contains_key(&object) || settled {
                 continue;
             }
             let map = open_if_kind(self.paths.instance(), &object, SegmentKind::Raw)
@@ -1219,7 +1222,7 @@ impl Supervisor {
                     self.watched_maps.insert(object, map);
                 }
                 Some(Ok(None)) => {
-                    self.not_maps.insert(object);
+                    self.not_maps.entry(object).or_insert(now);
                 }
                 Some(Err(e)) => tracing::debug!(lease = %object, "not a usable map: {e}"),
                 None => {}
@@ -1502,6 +1505,10 @@ impl Supervisor {
 }
 
 use std::sync::atomic::Ordering::{Relaxed, Release};
+
+/// How long a memory lease without a map is looked at again (a map is
+/// set up by its maker right after the lease is granted).
+const MAP_SETUP_GRACE: Duration = Duration::from_secs(5);
 
 /// What a stuck process was holding.
 #[derive(Clone, Copy)]

@@ -402,15 +402,18 @@ impl MapControl {
     ) {
         // SAFETY: exclusive, valid, aligned, zeroed memory per the caller;
         // zero is a valid atomic, so only these fields need writing.
-        let ctrl = unsafe {
-            std::ptr::addr_of_mut!((*ptr).params).write(params);
-            &*ptr
-        };
+        let ctrl = unsafe { &*ptr };
         ctrl.heap.0.arena_count.store(1, Ordering::Relaxed);
         let arena = &ctrl.arenas.0[0];
         arena.lease_id.store(lease_id, Ordering::Relaxed);
         arena.len.store(arena0_len, Ordering::Relaxed);
-        arena.bump.store(ARENA_START, Ordering::Release);
+        arena.bump.store(ARENA_START, Ordering::Relaxed);
+        // The parameters (with the magic) last: whoever sees the magic
+        // after an Acquire fence sees the map set up.
+        fence(Ordering::Release);
+        // SAFETY: as above; `params` is a plain field nobody reads before
+        // the magic is there.
+        unsafe { std::ptr::addr_of_mut!((*ptr).params).write(params) };
     }
 
     /// Copies the parameters out (the copy is what gets validated).
@@ -1565,6 +1568,14 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
     /// # Errors
     /// `Corrupt` or `ArenaUnavailable`: the map cannot be walked.
     pub fn repair(&self) -> Result<MapRepair, MapError> {
+        // Until this finishes the heap may be half rebuilt: a failure
+        // leaves the repair to the next holder.
+        self.map
+            .ctrl
+            .lock
+            .0
+            .needs_repair
+            .store(1, Ordering::Relaxed);
         let reachable = self.reachable()?;
         let heap = self.heap();
         let epoch = locked_load(&self.map.ctrl.epoch.0);

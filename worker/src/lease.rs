@@ -125,8 +125,10 @@ impl Hold {
 
     /// Moves the deadline to `lease_secs` from now.
     pub(crate) fn renew(&self, lease_secs: u64) -> Result<()> {
+        // The supervisor's answer, even if earlier than before (a shorter
+        // renewal); two renewals racing differ by their requests' gap.
         let deadline = renew(&self.instance, self.lease_id, lease_secs)?;
-        self.deadline_ms.fetch_max(deadline, Ordering::Relaxed);
+        self.deadline_ms.store(deadline, Ordering::Relaxed);
         Ok(())
     }
 

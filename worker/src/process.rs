@@ -28,7 +28,10 @@ impl ProcessId {
     /// If `/proc/self/stat` cannot be read (no procfs).
     pub fn current() -> ProcessId {
         let pid = std::process::id();
-        let (_, start) = stat(pid).expect("/proc/self/stat is readable");
+        let (_, start) = stat(pid)
+            .ok()
+            .flatten()
+            .expect("/proc/self/stat is readable");
         ProcessId {
             pid,
             start_time: start & START_MASK,
@@ -37,7 +40,7 @@ impl ProcessId {
 
     /// The process `pid` now, if it runs.
     pub fn of(pid: u32) -> Option<ProcessId> {
-        let (state, start) = stat(pid)?;
+        let (state, start) = stat(pid).ok().flatten()?;
         (state != 'Z' && state != 'X').then_some(ProcessId {
             pid,
             start_time: start & START_MASK,
@@ -60,16 +63,24 @@ impl ProcessId {
     /// Whether this process is alive but stopped (SIGSTOP, or stopped by
     /// a tracer such as a debugger).
     pub fn is_stopped(self) -> bool {
-        matches!(stat(self.pid), Some((state, start)) if start & START_MASK == self.start_time && (state == 'T' || state == 't'))
+        matches!(stat(self.pid), Ok(Some((state, start))) if start & START_MASK == self.start_time && (state == 'T' || state == 't'))
     }
 
     /// Whether this process is still running (not exited, not a zombie).
+    /// A `/proc` that cannot be read for another reason (no file
+    /// descriptors left, no memory, `hidepid`) says nothing, so the
+    /// process counts as alive: judging the living dead would let another
+    /// process take over its locks and reuse what it reads.
     pub fn is_alive(self) -> bool {
         match stat(self.pid) {
-            Some((state, start)) => {
+            Ok(Some((state, start))) => {
                 start & START_MASK == self.start_time && state != 'Z' && state != 'X'
             }
-            None => false,
+            Ok(None) => false,
+            Err(e) => {
+                tracing::warn!(pid = self.pid, "cannot tell whether the process lives: {e}");
+                true
+            }
         }
     }
 }
@@ -92,9 +103,32 @@ pub(crate) fn is_dead(owner: u64) -> bool {
     !ProcessId::unpack(owner).is_alive()
 }
 
-/// State letter and start time from `/proc/PID/stat`.
-fn stat(pid: u32) -> Option<(char, u64)> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+/// State letter and start time from `/proc/PID/stat`; `Ok(None)` when no
+/// such process exists; an error when `/proc` could not be read (or made
+/// no sense), which says nothing about the process.
+fn stat(pid: u32) -> std::io::Result<Option<(char, u64)>> {
+    let text = match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(text) => text,
+        Err(e)
+            if e.kind() == std::io::ErrorKind::NotFound
+                || e.raw_os_error() == Some(libc::ESRCH) =>
+        {
+            return Ok(None);
+        }
+        Err(e) => return Err(e),
+    };
+    let parsed = parse_stat(&text);
+    if parsed.is_none() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("/proc/{pid}/stat does not parse"),
+        ));
+    }
+    Ok(parsed)
+}
+
+/// State letter and start time from the text of a `stat` file.
+fn parse_stat(text: &str) -> Option<(char, u64)> {
     // The command name (field 2) may hold spaces and parentheses: the
     // fields after it start behind the last ')'.
     let rest = &text[text.rfind(')')? + 1..];
@@ -122,7 +156,7 @@ mod tests {
         let mut child = std::process::Command::new("true").spawn().unwrap();
         let id = ProcessId {
             pid: child.id(),
-            start_time: stat(child.id()).map_or(0, |s| s.1) & START_MASK,
+            start_time: stat(child.id()).ok().flatten().map_or(0, |s| s.1) & START_MASK,
         };
         child.wait().unwrap();
         assert!(!id.is_alive());

@@ -22,6 +22,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
+use grafos_shm_layout::edge::RingBytes;
 use grafos_shm_layout::map::{
     self as layout, Arenas, CONTROL_SIZE, HeapCensus, MapControl, MapError, MapParams, MapRepair,
     MapStats, PinSlotId,
@@ -171,6 +172,11 @@ impl Backing {
 /// own lease, the others in leases of their own, opened on first use.
 pub(crate) struct LeaseArenas {
     instance: String,
+    /// The map's own lease id, stamped into the first word of every arena
+    /// lease it adds and checked when one is mapped: a scribbled arena
+    /// table cannot point the map (or the supervisor's repair) at another
+    /// lease.
+    map_lease: u64,
     lease_secs: u64,
     /// Opens arenas' segments directly (the supervisor) instead of as
     /// leases; such a map cannot grow.
@@ -231,6 +237,17 @@ impl Arenas for LeaseArenas {
         match self.open(lease_id) {
             Ok(lease) => {
                 let ring = ring_of(&lease, len);
+                // SAFETY: the ring starts at the lease body (128-aligned)
+                // and `then` runs only when it is at least 8 bytes long.
+                let owner =
+                    (ring.len() >= 8).then(|| unsafe { ring.header(0) }.load(Ordering::Acquire));
+                if owner != Some(self.map_lease) {
+                    self.fail(FabricError::InvalidArgument(format!(
+                        "lease {lease_id} is not an arena of map {}",
+                        self.map_lease
+                    )));
+                    return None;
+                }
                 // A racing thread may have set it first: use theirs.
                 let _ = cell.set((lease, ring));
                 cell.get().map(|(_, ring)| ring)
@@ -257,6 +274,13 @@ impl Arenas for LeaseArenas {
                 let granted = (lease.lease_id(), lease.len());
                 let lease = Backing::Lease(lease);
                 let ring = ring_of(&lease, granted.1);
+                if ring.len() < layout::ARENA_START {
+                    return None;
+                }
+                // SAFETY: the fresh lease is ours and at least 64 bytes; its
+                // first word is never part of a block. Published with the
+                // arena table entry (Release), so openers see it.
+                unsafe { ring.header(0) }.store(self.map_lease, Ordering::Release);
                 if let Err((lease, _)) = cell.set((lease, ring)) {
                     // Mapped by an earlier reader of a table entry a dead
                     // writer never published: that lease is stale.
@@ -359,6 +383,9 @@ impl FabricHashMap {
         if u64::from_le_bytes(magic) != layout::MAP_MAGIC {
             return Ok(None);
         }
+        // Pairs with the Release fence before the magic was written: the
+        // rest of the control block is set up.
+        std::sync::atomic::fence(Ordering::Acquire);
         let lease_id = segment.fields().lease_id;
         let map = FabricHashMap::from_backing(Backing::Segment(segment), instance, 1, true)?;
         // A map names its own lease as arena 0's: a copy of a map's bytes
@@ -407,6 +434,7 @@ impl FabricHashMap {
         };
         let arenas = LeaseArenas {
             instance: instance.to_string(),
+            map_lease: lease.lease_id(),
             lease_secs,
             direct,
             arena0: MappedRing::new(arena0_ptr, lease.len() - arena0_at),
@@ -655,18 +683,10 @@ impl Inner {
             }
             index => PinSlotId::from_index(index),
         };
-        let result = f(slot);
-        if self
-            .spare
-            .compare_exchange(NO_SLOT, slot.index(), Ordering::Release, Ordering::Relaxed)
-            .is_err()
-        {
-            self.slots
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push(slot);
-        }
-        result.map_err(|e| self.error(e))
+        // Given back even if `f` panics (a caller that catches panics
+        // would otherwise lose the slot for the process's life).
+        let _back = SlotBack { inner: self, slot };
+        f(slot).map_err(|e| self.error(e))
     }
 
     /// A layout error as the caller should see it: the lease's own error
@@ -698,6 +718,34 @@ impl Drop for Inner {
             for slot in slots {
                 map.release_pin_slot(slot, me());
             }
+        }
+    }
+}
+
+/// Gives a pin slot back to its process's pool when dropped.
+struct SlotBack<'a> {
+    inner: &'a Inner,
+    slot: PinSlotId,
+}
+
+impl Drop for SlotBack<'_> {
+    fn drop(&mut self) {
+        if self
+            .inner
+            .spare
+            .compare_exchange(
+                NO_SLOT,
+                self.slot.index(),
+                Ordering::Release,
+                Ordering::Relaxed,
+            )
+            .is_err()
+        {
+            self.inner
+                .slots
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(self.slot);
         }
     }
 }
