@@ -1134,6 +1134,9 @@ impl Supervisor {
                     "participant died"
                 );
                 self.repair_queues();
+                if let Ok(objects) = list_segments(self.paths.instance()) {
+                    self.refresh_maps(&objects);
+                }
                 self.repair_maps();
                 let _ = std::fs::remove_file(liveness_file(&self.paths, participant.process));
             }
@@ -1157,9 +1160,9 @@ impl Supervisor {
         let now = Instant::now();
         let mut seen = BTreeMap::new();
         let mut repair = false;
-        for object in objects {
-            if !mapped.contains_key(&object) {
-                let opened = open_if_kind(self.paths.instance(), &object, SegmentKind::Queue);
+        for object in &objects {
+            if !mapped.contains_key(object) {
+                let opened = open_if_kind(self.paths.instance(), object, SegmentKind::Queue);
                 match opened.map(|queue| queue.and_then(FabricQueue::inspector)) {
                     Some(Ok(queue)) => {
                         mapped.insert(object.clone(), queue);
@@ -1167,7 +1170,7 @@ impl Supervisor {
                     _ => continue,
                 }
             }
-            let claims = mapped[&object].claims();
+            let claims = mapped[object].claims();
             for claim in claims.into_iter().filter(|c| c.holder != 0) {
                 let key = (object.clone(), claim.slot, claim.word);
                 let first = self.claims_seen.get(&key).copied().unwrap_or(now);
@@ -1181,7 +1184,7 @@ impl Supervisor {
                 {
                     self.kill_stuck(
                         holder,
-                        &object,
+                        object,
                         now.duration_since(first),
                         StuckKind::Claimer,
                     );
@@ -1193,20 +1196,18 @@ impl Supervisor {
         if repair {
             self.repair_queues();
         }
-        self.watch_pins();
+        self.watch_pins(&objects);
     }
 
     /// Maps the instance's hash maps (memory leases whose body starts with
-    /// a map), dropping those whose segment is gone.
-    fn refresh_maps(&mut self) {
-        let Ok(objects) = list_segments(self.paths.instance()) else {
-            return;
-        };
+    /// a map) among its segments `objects`, dropping those whose segment is
+    /// gone.
+    fn refresh_maps(&mut self, objects: &[String]) {
         self.watched_maps
             .retain(|object, _| objects.contains(object));
         self.not_maps.retain(|object, _| objects.contains(object));
         let now = Instant::now();
-        for object in objects {
+        for object in objects.iter().cloned() {
             let settled = self
                 .not_maps
                 .get(&object)
@@ -1236,8 +1237,8 @@ impl Supervisor {
     /// a stopped process (SIGSTOP, a debugger) gets its holder killed (a
     /// running writer is left alone); a dead holder's pin, or a dead
     /// writer's lock, gets repaired.
-    fn watch_pins(&mut self) {
-        self.refresh_maps();
+    fn watch_pins(&mut self, objects: &[String]) {
+        self.refresh_maps(objects);
         let now = Instant::now();
         let mut seen = BTreeMap::new();
         let mut locks = BTreeMap::new();
@@ -1304,10 +1305,10 @@ impl Supervisor {
         }
     }
 
-    /// Repairs every map after dead processes: their pins cleared, a dead
-    /// writer's lock taken over and its heap rebuilt.
-    pub fn repair_maps(&mut self) {
-        self.refresh_maps();
+    /// Repairs every map seen at the last refresh after dead processes:
+    /// their pins cleared, a dead writer's lock taken over and its heap
+    /// rebuilt.
+    fn repair_maps(&mut self) {
         for (object, map) in &self.watched_maps {
             match map.repair_dead() {
                 Ok(Some(report)) => {

@@ -656,12 +656,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
                 }
             }
             if attempt == 0 {
-                for slot in &self.ctrl.pins {
-                    let owner = slot.owner.load(Ordering::Acquire);
-                    if owner != 0 && owner != token && is_dead(owner) {
-                        self.clear_pin(slot, owner, token);
-                    }
-                }
+                self.clear_dead_pins(&is_dead, token);
             }
         }
         Err(MapError::TooManyReaders)
@@ -769,11 +764,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
             block.read(HASH, &mut fields)?;
             let (h, key_len, val_len) = decode_fields(&fields);
             if h == hash && key_len == key.len() as u64 && block.holds_key(key)? {
-                if KEY + key_len + val_len > block.size {
-                    return Err(MapError::Corrupt("value length runs past its block"));
-                }
-                out.resize(val_len as usize, 0);
-                block.read(KEY + key_len, out)?;
+                block.read_value(key_len, val_len, usize::MAX, out)?;
                 return Ok(true);
             }
             cur = block.next().load(Ordering::Acquire);
@@ -923,10 +914,7 @@ impl<'a, B: RingBytes, A: Arenas> Map<'a, B, A> {
 
     /// The arenas' lease ids (arena 0 first; 0 for an arena without one).
     pub fn arena_leases(&self) -> Vec<u64> {
-        let count = self.ctrl.heap.0.arena_count.load(Ordering::Acquire);
-        (0..count.min(MAX_ARENAS as u64) as usize)
-            .map(|i| self.ctrl.arenas.0[i].lease_id.load(Ordering::Relaxed))
-            .collect()
+        self.arena_table().into_iter().map(|(id, _)| id).collect()
     }
 
     /// The process token holding the writer lock (0 if none).
@@ -1064,6 +1052,23 @@ impl<R: RingBytes> Block<'_, R> {
         // reach it (the reclamation rule).
         unsafe { self.bytes.read(self.off + at, dst) };
         Ok(())
+    }
+
+    /// Copies the first `limit` bytes (at most) of the entry's value (of
+    /// `val_len` bytes after a key of `key_len`) into `out`, once the
+    /// lengths are known to fit the block.
+    fn read_value(
+        &self,
+        key_len: u64,
+        val_len: u64,
+        limit: usize,
+        out: &mut Vec<u8>,
+    ) -> Result<(), MapError> {
+        if KEY + key_len + val_len > self.size {
+            return Err(MapError::Corrupt("value length runs past its block"));
+        }
+        out.resize((val_len as usize).min(limit), 0);
+        self.read(KEY + key_len, out)
     }
 
     /// Whether the block's key (whose length the caller checked) is `key`,
@@ -1222,11 +1227,7 @@ impl<'a, B: RingBytes, A: Arenas> Writer<'a, B, A> {
         let mut fields = [0u8; 16];
         block.read(HASH, &mut fields)?;
         let (_, key_len, val_len) = decode_fields(&fields);
-        if KEY + key_len + val_len > block.size {
-            return Err(MapError::Corrupt("value length runs past its block"));
-        }
-        out.resize((val_len as usize).min(limit), 0);
-        block.read(KEY + key_len, out)?;
+        block.read_value(key_len, val_len, limit, out)?;
         Ok(true)
     }
 
@@ -2049,6 +2050,26 @@ mod tests {
         fail1: std::cell::Cell<bool>,
     }
 
+    impl<'h> Flaky<'h> {
+        fn new(inner: &'h HeapArenas) -> Flaky<'h> {
+            Flaky {
+                inner,
+                fail1: std::cell::Cell::new(false),
+            }
+        }
+    }
+
+    /// Inserts `k0..k<n>` into a map whose arena 0 holds one block, then
+    /// removes `k0` and reclaims: a free block waits in arena 0 and the
+    /// chain runs through arena 1.
+    fn fill_then_free_first(w: &mut Writer<'_, HeapRing, Flaky<'_>>, n: u8) {
+        for i in 0..n {
+            w.insert(&[b'k', i], b"v").unwrap();
+        }
+        w.remove(&[b'k', 0]).unwrap();
+        w.reclaim();
+    }
+
     impl Arenas for Flaky<'_> {
         type Bytes = HeapRing;
 
@@ -2114,20 +2135,10 @@ mod tests {
     fn a_failed_repair_is_retried_by_the_next_holder() {
         const DEAD: u64 = 99;
         let heap = HeapMap::new(1, &[64 * 2, 4096]);
-        let arenas = Flaky {
-            inner: &heap.arenas,
-            fail1: std::cell::Cell::new(false),
-        };
+        let arenas = Flaky::new(&heap.arenas);
         let map = Map::new(&heap.ctrl, &heap.buckets, &arenas).unwrap();
         let ws = map.claim_pin_slot(ME, alive).unwrap();
-        {
-            let mut w = map.lock(ME, ws, alive, None).unwrap();
-            for i in 0..4u8 {
-                w.insert(&[b'k', i], b"v").unwrap();
-            }
-            w.remove(&[b'k', 0]).unwrap();
-            w.reclaim();
-        }
+        fill_then_free_first(&mut map.lock(ME, ws, alive, None).unwrap(), 4);
         // A writer pops a free block (now USED) and dies before moving the
         // free-list head.
         let ds = map.claim_pin_slot(DEAD, alive).unwrap();
@@ -2158,18 +2169,11 @@ mod tests {
     #[test]
     fn an_insert_that_fails_leaks_nothing() {
         let heap = HeapMap::new(1, &[64 * 2, 4096]);
-        let arenas = Flaky {
-            inner: &heap.arenas,
-            fail1: std::cell::Cell::new(false),
-        };
+        let arenas = Flaky::new(&heap.arenas);
         let map = Map::new(&heap.ctrl, &heap.buckets, &arenas).unwrap();
         let ws = map.claim_pin_slot(ME, alive).unwrap();
         let mut w = map.lock(ME, ws, alive, None).unwrap();
-        for i in 0..3u8 {
-            w.insert(&[b'k', i], b"v").unwrap();
-        }
-        w.remove(&[b'k', 0]).unwrap();
-        w.reclaim();
+        fill_then_free_first(&mut w, 3);
         // The chain runs through arena 1, which cannot be mapped now.
         arenas.fail1.set(true);
         assert!(matches!(
