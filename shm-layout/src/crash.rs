@@ -31,11 +31,15 @@ pub enum CrashPoint {
     MapReaderPinned,
     /// A map reader holds a reference to an entry and has not read it.
     MapReaderAtEntry,
+    /// A topic producer claimed its slot and has not advanced `tail`.
+    TopicAfterClaim,
+    /// A topic producer has written half of a record.
+    TopicMidWrite,
 }
 
 impl CrashPoint {
     /// Every crash point.
-    pub const ALL: [CrashPoint; 11] = [
+    pub const ALL: [CrashPoint; 13] = [
         CrashPoint::AfterSlotClaim,
         CrashPoint::AfterTailAdvance,
         CrashPoint::AfterReadClaim,
@@ -47,6 +51,8 @@ impl CrashPoint {
         CrashPoint::MapMidCollect,
         CrashPoint::MapReaderPinned,
         CrashPoint::MapReaderAtEntry,
+        CrashPoint::TopicAfterClaim,
+        CrashPoint::TopicMidWrite,
     ];
 
     /// The point's name, as tests spell it on command lines.
@@ -63,6 +69,8 @@ impl CrashPoint {
             CrashPoint::MapMidCollect => "map-mid-collect",
             CrashPoint::MapReaderPinned => "map-reader-pinned",
             CrashPoint::MapReaderAtEntry => "map-reader-at-entry",
+            CrashPoint::TopicAfterClaim => "topic-after-claim",
+            CrashPoint::TopicMidWrite => "topic-mid-write",
         }
     }
 

@@ -226,3 +226,62 @@ impl crate::map::Arenas for HeapArenas {
         (ring.len() >= min_len).then_some((u64::from(index), ring.len()))
     }
 }
+
+/// A futex that never sleeps (single-threaded tests and models that spin).
+pub struct NoFutex;
+
+impl crate::wait::Futex for NoFutex {
+    fn wait(&self, _: &crate::sync::AtomicU32, _: u32, _: Option<std::time::Instant>) {}
+    fn wait_any(&self, _: &[(&crate::sync::AtomicU32, u32)], _: Option<std::time::Instant>) {}
+    fn wake_all(&self, _: &crate::sync::AtomicU32) {}
+}
+
+/// A topic on the heap: its control block, and each partition's control
+/// block and slots.
+pub struct HeapTopic {
+    /// The topic's control block.
+    pub ctrl: crate::topic::TopicControl,
+    parts: Vec<(crate::topic::PartitionControl, HeapRing)>,
+    geo: crate::topic::Geometry,
+}
+
+impl HeapTopic {
+    /// A topic of `partitions` partitions of `capacity` records of up to
+    /// `stride` bytes (groups released as soon as they are idle).
+    ///
+    /// # Panics
+    /// If the parameters are out of range.
+    pub fn new(
+        partitions: u64,
+        capacity: u64,
+        stride: u64,
+        overflow: crate::topic::Overflow,
+    ) -> HeapTopic {
+        let params = crate::topic::TopicParams::new(partitions, capacity, stride, overflow, 0)
+            .expect("valid topic parameters");
+        HeapTopic {
+            geo: crate::topic::Geometry::validate(&params, params.total_len())
+                .expect("consistent parameters"),
+            ctrl: crate::topic::TopicControl::new(params),
+            parts: (0..partitions)
+                .map(|_| {
+                    (
+                        crate::topic::PartitionControl::new(),
+                        HeapRing::new(params.slots_len() as usize),
+                    )
+                })
+                .collect(),
+        }
+    }
+
+    /// Binds the algorithm to partition `p`.
+    pub fn partition(&self, p: usize) -> crate::topic::Partition<'_, HeapRing> {
+        let (ctrl, slots) = &self.parts[p];
+        crate::topic::Partition::new(&self.ctrl, ctrl, slots, self.geo)
+    }
+
+    /// Every partition, bound.
+    pub fn partitions(&self) -> Vec<crate::topic::Partition<'_, HeapRing>> {
+        (0..self.parts.len()).map(|p| self.partition(p)).collect()
+    }
+}

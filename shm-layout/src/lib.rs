@@ -23,6 +23,7 @@ pub mod mutant;
 pub mod queue;
 pub mod registry;
 pub mod sync;
+pub mod topic;
 pub mod wait;
 
 pub use error::LayoutError;

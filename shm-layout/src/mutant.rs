@@ -89,6 +89,18 @@ pub enum Mutant {
     /// and advancing): the writer's side of the store-buffering pair with
     /// readers' pins.
     MapWriterSkipFences,
+    /// A topic producer takes a slot still WRITING for the previous lap
+    /// (two writers a lap apart write one slot at once).
+    TopicClaimOverWriter,
+    /// A topic producer skips the `fence(Release)` between its claim and
+    /// its payload stores (the seqlock's writer fence).
+    TopicSkipWriterFence,
+    /// A topic reader returns its copy without the `fence(Acquire)` and
+    /// the second look at the state word (an overwrite goes unnoticed).
+    TopicSkipReaderRecheck,
+    /// Backpressure is not checked: producers take slots of records a
+    /// holding group has not committed.
+    TopicIgnoreBackpressure,
 }
 
 #[cfg(loom)]

@@ -130,3 +130,18 @@ fn map_delete_races_get() {
 fn map_pinned_reader_never_sees_reuse() {
     models::check(models::map::pinned_reader_never_sees_reuse);
 }
+
+#[test]
+fn topic_two_producers_one_slot() {
+    models::check(models::topic::two_producers_one_slot);
+}
+
+#[test]
+fn topic_reader_races_a_lapping_writer() {
+    models::check(models::topic::reader_races_a_lapping_writer);
+}
+
+#[test]
+fn topic_backpressure_never_overwrites() {
+    models::check(models::topic::backpressure_never_overwrites);
+}

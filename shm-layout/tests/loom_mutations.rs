@@ -361,3 +361,39 @@ fn map_writer_without_fences_frees_under_a_pinned_reader() {
         "Causality violation",
     );
 }
+
+#[test]
+fn topic_claim_over_a_writer_loses_a_record() {
+    must_fail(
+        Mutant::TopicClaimOverWriter,
+        models::topic::two_producers_one_slot,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_reader_without_recheck_returns_torn_records() {
+    must_fail(
+        Mutant::TopicSkipReaderRecheck,
+        models::topic::reader_races_a_lapping_writer,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_writer_without_fence_lets_a_reader_miss_the_overwrite() {
+    must_fail(
+        Mutant::TopicSkipWriterFence,
+        models::topic::reader_races_a_lapping_writer,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_ignoring_backpressure_overwrites_unread_records() {
+    must_fail(
+        Mutant::TopicIgnoreBackpressure,
+        models::topic::backpressure_never_overwrites,
+        "lagged under backpressure",
+    );
+}

@@ -9,6 +9,7 @@ pub mod handoff;
 pub mod map;
 pub mod queue;
 pub mod rebind;
+pub mod topic;
 
 use grafos_shm_layout::edge::{Edge, EdgeError, ProducerCursor};
 use grafos_shm_layout::heap::{HeapEdge, HeapRing, LoomFutex};
