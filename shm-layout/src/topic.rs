@@ -1170,6 +1170,11 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         Some(min.saturating_add(self.geo.capacity))
     }
 
+    /// Whether a producer may append now as far as backpressure goes.
+    pub fn has_room(&self) -> bool {
+        self.limit().is_none_or(|limit| self.tail() < limit)
+    }
+
     /// Claims the slot for the next offset for incarnation `me`.
     ///
     /// # Errors

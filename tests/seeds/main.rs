@@ -15,6 +15,7 @@ mod harness;
 
 mod recipe8;
 mod stream;
+mod topics;
 
 use std::time::Duration;
 
@@ -52,6 +53,23 @@ const ALL: &[(&str, Seed)] = &[
     (
         "stream_a_failing_stage_ends_the_run",
         stream::a_failing_stage_ends_the_run,
+    ),
+    ("topic_round_trip", topics::topic_round_trip),
+    (
+        "topic_keyed_sends_stay_in_order_for_every_group",
+        topics::keyed_sends_stay_in_order_for_every_group,
+    ),
+    (
+        "topic_durable_offsets_resume_where_committed",
+        topics::durable_offsets_resume_where_committed,
+    ),
+    (
+        "topic_a_lapped_consumer_is_told_what_it_lost",
+        topics::a_lapped_consumer_is_told_what_it_lost,
+    ),
+    (
+        "topic_backpressure_waits_for_commits",
+        topics::backpressure_waits_for_commits,
     ),
 ];
 

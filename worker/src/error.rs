@@ -123,10 +123,40 @@ pub enum FabricError {
     /// The operation was called off (another stage of a pipeline failed).
     #[error("stopped: {0}")]
     Stopped(String),
+    /// A topic operation failed.
+    #[error("topic {topic}: {source}")]
+    Topic {
+        /// The topic.
+        topic: String,
+        /// What failed.
+        source: grafos_shm_layout::topic::TopicError,
+    },
+    /// A consumer's next record in a partition was overwritten before it
+    /// read it (the topic overwrites on overflow): `lost` records are gone
+    /// and the consumer now reads from `resume`.
+    #[error(
+        "topic {topic} partition {partition}: lagged, {lost} records overwritten before they were read; resuming at offset {resume}"
+    )]
+    Lagged {
+        /// The topic.
+        topic: String,
+        /// The partition.
+        partition: u32,
+        /// Records lost.
+        lost: u64,
+        /// The offset reading resumes at.
+        resume: u64,
+    },
     /// An OS error known only by its number (a pipeline stage's own I/O,
     /// say); see [`FabricError::from_io`].
     #[error("I/O error: {}", std::io::Error::from_raw_os_error(*.0))]
     IoError(i32),
+}
+
+impl From<std::convert::Infallible> for FabricError {
+    fn from(never: std::convert::Infallible) -> FabricError {
+        match never {}
+    }
 }
 
 /// `Result` with [`FabricError`].

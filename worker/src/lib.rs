@@ -15,6 +15,9 @@
 //!   rebind both ends when theirs is lost.
 //! * [`stream`]: pipelines of stages joined by relocatable edges, as
 //!   threads or as worker processes.
+//! * [`mq`]: topics (partitions are multi-producer ring logs), producers,
+//!   consumers and offset stores.
+//! * [`kv`]: a small durable key-value store on a block lease.
 //! * [`store`]: object addresses, `fabric://<instance>/<bucket>/<key>`.
 //! * [`futex`]: futex waits on words in shared memory.
 //! * [`process`]: process identities that survive pid reuse.
@@ -41,11 +44,13 @@ pub mod fence;
 pub mod futex;
 pub mod host;
 pub mod instance;
+pub mod kv;
 mod lease;
 pub mod leasekit;
 pub mod locator;
 mod mapped;
 pub mod mem;
+pub mod mq;
 pub mod participant;
 pub mod pipeline;
 pub mod process;

@@ -6,6 +6,11 @@ use std::sync::atomic::AtomicU64;
 use std::time::{Duration, Instant};
 
 use grafos_shm_layout::edge::RingBytes;
+use grafos_shm_layout::header::FenceState;
+
+use crate::error::{FabricError, Result};
+use crate::mem::MemLease;
+use crate::segment::Segment;
 
 /// The deadline `timeout` from now; a timeout too large to represent
 /// (`Duration::MAX`, say) means no deadline.
@@ -97,5 +102,42 @@ unsafe impl RingBytes for MappedRing {
                 dst.len(),
             )
         };
+    }
+}
+
+/// What keeps a structure's segment mapped: a lease hold for workers; the
+/// bare segment for the supervisor, which owns the leases and must not ask
+/// itself for holds.
+pub(crate) enum Backing {
+    Lease(MemLease),
+    Segment(Segment),
+}
+
+impl Backing {
+    pub(crate) fn segment(&self) -> &Segment {
+        match self {
+            Backing::Lease(lease) => lease.segment(),
+            Backing::Segment(segment) => segment,
+        }
+    }
+
+    pub(crate) fn lease_id(&self) -> u64 {
+        self.segment().fields().lease_id
+    }
+
+    pub(crate) fn len(&self) -> u64 {
+        self.segment().body_len()
+    }
+
+    /// Ok while the lease is active.
+    pub(crate) fn check(&self) -> Result<()> {
+        match self {
+            Backing::Lease(lease) => lease.check(),
+            Backing::Segment(segment) => match segment.header().fence().state {
+                FenceState::Active | FenceState::Relocated => Ok(()),
+                FenceState::Expired => Err(FabricError::LeaseExpired(self.lease_id())),
+                FenceState::Poisoned => Err(FabricError::LeasePoisoned(self.lease_id())),
+            },
+        }
     }
 }

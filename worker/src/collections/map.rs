@@ -31,11 +31,11 @@ use grafos_shm_layout::map::{
 use crate::error::{FabricError, Result};
 use crate::instance::InstancePaths;
 use crate::instance::instance_from_env;
-use crate::mapped::MappedRing;
+use crate::mapped::{Backing, MappedRing};
 use crate::mem::{MemBuilder, MemLease};
 use crate::process::{is_dead, me};
 use crate::segment::Segment;
-use grafos_shm_layout::header::{Expect, FenceState};
+use grafos_shm_layout::header::Expect;
 
 /// A mapped lease or segment, for `control_of`.
 trait HasSegment {
@@ -128,43 +128,6 @@ impl std::fmt::Debug for FabricHashMap {
             .field("lease_id", &self.lease_id())
             .field("buckets", &self.buckets())
             .finish()
-    }
-}
-
-/// What keeps a map's segment (or an arena's) mapped: a lease hold for
-/// workers; the bare segment for the supervisor, which owns the leases
-/// and must not ask itself for holds.
-enum Backing {
-    Lease(MemLease),
-    Segment(Segment),
-}
-
-impl Backing {
-    fn segment(&self) -> &Segment {
-        match self {
-            Backing::Lease(lease) => lease.segment(),
-            Backing::Segment(segment) => segment,
-        }
-    }
-
-    fn lease_id(&self) -> u64 {
-        self.segment().fields().lease_id
-    }
-
-    fn len(&self) -> u64 {
-        self.segment().body_len()
-    }
-
-    /// Ok while the lease is active.
-    fn check(&self) -> Result<()> {
-        match self {
-            Backing::Lease(lease) => lease.check(),
-            Backing::Segment(segment) => match segment.header().fence().state {
-                FenceState::Active | FenceState::Relocated => Ok(()),
-                FenceState::Expired => Err(FabricError::LeaseExpired(self.lease_id())),
-                FenceState::Poisoned => Err(FabricError::LeasePoisoned(self.lease_id())),
-            },
-        }
     }
 }
 

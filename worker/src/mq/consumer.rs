@@ -1,0 +1,264 @@
+//! [`Consumer`]: reads assigned partitions of a topic for a consumer
+//! group, at offsets of its own, and commits them.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use grafos_shm_layout::topic::{GroupId, Read};
+
+use crate::error::{FabricError, Result};
+use crate::mq::offset::OffsetStore;
+use crate::mq::topic::{Topic, TopicManager};
+
+/// Where a consumer starts reading its partitions.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SeekPolicy {
+    /// The oldest record retained.
+    Earliest,
+    /// After the newest record: only what is appended from now on.
+    Latest,
+    /// The group's committed offset from the offset store; else the
+    /// group's cursor in the topic (backpressure groups); else the oldest.
+    Committed,
+}
+
+/// A record as polled.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Message {
+    /// Its absolute offset in its partition.
+    pub offset: u64,
+    /// Its bytes.
+    pub payload: Vec<u8>,
+}
+
+/// Reads the partitions assigned to it, for one consumer group. Offsets
+/// are the consumer's own; [`Consumer::commit`] saves them in an offset
+/// store and in the topic (where a backpressure topic's producers wait for
+/// them). Delivery is at-least-once: a consumer that restarts from its
+/// committed offsets sees again what it polled and did not commit.
+#[derive(Debug)]
+pub struct Consumer {
+    topic: String,
+    group: String,
+    assigned: Vec<u32>,
+    /// Next offset to read, by partition.
+    positions: BTreeMap<u32, u64>,
+    bound: Option<(Arc<Topic>, GroupId)>,
+    /// Where the next poll starts (fairness across partitions).
+    turn: usize,
+    lost: u64,
+}
+
+impl Consumer {
+    /// A consumer of `topic` in `group` with no partitions assigned.
+    pub fn new(topic: &str, group: &str) -> Consumer {
+        Consumer {
+            topic: topic.to_string(),
+            group: group.to_string(),
+            assigned: Vec::new(),
+            positions: BTreeMap::new(),
+            bound: None,
+            turn: 0,
+            lost: 0,
+        }
+    }
+
+    /// Reads `partitions` from now on (positions of partitions no longer
+    /// assigned are dropped; new ones start as the next `seek` says, or at
+    /// the group's committed cursor).
+    pub fn assign(&mut self, partitions: &[u32]) {
+        let mut assigned = partitions.to_vec();
+        assigned.sort_unstable();
+        assigned.dedup();
+        self.positions.retain(|p, _| assigned.contains(p));
+        self.assigned = assigned;
+    }
+
+    /// The partitions assigned.
+    pub fn assignment(&self) -> &[u32] {
+        &self.assigned
+    }
+
+    /// The next offset this consumer reads in `partition`, once known.
+    pub fn position(&self, partition: u32) -> Option<u64> {
+        self.positions.get(&partition).copied()
+    }
+
+    /// Records this consumer found overwritten before it read them.
+    pub fn lost(&self) -> u64 {
+        self.lost
+    }
+
+    /// The topic handle and group entry, bound on first use (joining the
+    /// group: it holds producers back under backpressure from now on).
+    fn bind(&mut self, topics: &TopicManager) -> Result<(Arc<Topic>, GroupId)> {
+        if let Some((topic, group)) = &self.bound
+            && topic.check().is_ok()
+        {
+            return Ok((Arc::clone(topic), *group));
+        }
+        let topic = topics.open(&self.topic)?;
+        let group = topic.group(&self.group)?;
+        topic.join(group);
+        if let Some(&bad) = self.assigned.iter().find(|&&p| p >= topic.partitions()) {
+            return Err(FabricError::InvalidArgument(format!(
+                "topic {} has {} partitions; there is no partition {bad}",
+                self.topic,
+                topic.partitions()
+            )));
+        }
+        self.bound = Some((Arc::clone(&topic), group));
+        Ok((topic, group))
+    }
+
+    /// Sets the position of every assigned partition as `policy` says.
+    ///
+    /// # Errors
+    /// `NotFound` for an unknown topic; `InvalidArgument` for a partition
+    /// out of range; the offset store's errors.
+    pub fn seek<S: OffsetStore>(
+        &mut self,
+        topics: &TopicManager,
+        offsets: &S,
+        policy: SeekPolicy,
+    ) -> Result<()> {
+        let (topic, group) = self.bind(topics)?;
+        for &p in &self.assigned {
+            let (oldest, head) = (topic.tail(p)?, topic.head(p)?);
+            let at = match policy {
+                SeekPolicy::Earliest => oldest,
+                SeekPolicy::Latest => head,
+                SeekPolicy::Committed => match offsets
+                    .committed(&self.topic, &self.group, p)
+                    .map_err(Into::into)?
+                {
+                    Some(at) => at,
+                    None => topic.cursor(group, p)?,
+                },
+            };
+            // A committed offset past the head (a store from an older
+            // topic of the same name) starts at the head.
+            self.positions.insert(p, at.min(head));
+        }
+        Ok(())
+    }
+
+    /// Up to `max` records from the assigned partitions, without waiting:
+    /// `(partition, message)` pairs in offset order within each partition.
+    ///
+    /// # Errors
+    /// `Lagged` when the next record of a partition was overwritten before
+    /// it was read (the position moves on to the oldest record retained,
+    /// so the next poll goes on); `Topic` (`Corrupt`); lease errors.
+    pub fn poll(&mut self, topics: &TopicManager, max: usize) -> Result<Vec<(u32, Message)>> {
+        let (topic, group) = self.bind(topics)?;
+        topic.touch(group);
+        let mut out = Vec::new();
+        let n = self.assigned.len();
+        for i in 0..n {
+            if out.len() >= max {
+                break;
+            }
+            let p = self.assigned[(self.turn + i) % n];
+            let mut at = match self.positions.get(&p) {
+                Some(&at) => at,
+                None => topic.cursor(group, p)?.max(topic.tail(p)?),
+            };
+            while out.len() < max {
+                let mut payload = Vec::new();
+                match topic.read(p, at, &mut payload)? {
+                    Read::Record => {
+                        out.push((
+                            p,
+                            Message {
+                                offset: at,
+                                payload,
+                            },
+                        ));
+                        at += 1;
+                    }
+                    Read::Hole => at += 1,
+                    Read::Pending(_) => break,
+                    Read::Lagged { lost, resume } => {
+                        if !out.is_empty() {
+                            // Report it on the next poll, after what was read.
+                            break;
+                        }
+                        self.positions.insert(p, resume);
+                        self.lost += lost;
+                        self.turn = (self.turn + i + 1) % n;
+                        return Err(FabricError::Lagged {
+                            topic: self.topic.clone(),
+                            partition: p,
+                            lost,
+                            resume,
+                        });
+                    }
+                }
+            }
+            self.positions.insert(p, at);
+        }
+        if n > 0 {
+            self.turn = (self.turn + 1) % n;
+        }
+        Ok(out)
+    }
+
+    /// As [`Consumer::poll`], waiting up to `timeout` for a first record.
+    ///
+    /// # Errors
+    /// As [`Consumer::poll`].
+    pub fn poll_timeout(
+        &mut self,
+        topics: &TopicManager,
+        max: usize,
+        timeout: Duration,
+    ) -> Result<Vec<(u32, Message)>> {
+        let deadline = Instant::now().checked_add(timeout);
+        loop {
+            let got = self.poll(topics, max)?;
+            if !got.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(got);
+            }
+            let (topic, _) = self.bind(topics)?;
+            let waiting: Vec<(u32, u64)> = self
+                .assigned
+                .iter()
+                .filter_map(|&p| Some((p, *self.positions.get(&p)?)))
+                .collect();
+            if waiting.is_empty() {
+                std::thread::sleep(Duration::from_millis(10).min(timeout));
+            } else {
+                topic.wait_for_data(&waiting, deadline);
+            }
+        }
+    }
+
+    /// Commits the positions after everything polled: saves them in
+    /// `offsets`, then in the topic (releasing backpressure).
+    ///
+    /// # Errors
+    /// The offset store's errors (nothing is committed in the topic then);
+    /// for [`crate::mq::offset::MemOffsetStore`] none.
+    pub fn commit<S: OffsetStore>(&mut self, offsets: &mut S) -> Result<(), S::Error> {
+        let positions: Vec<(u32, u64)> = self.positions.iter().map(|(&p, &at)| (p, at)).collect();
+        offsets.save(&self.topic, &self.group, &positions)?;
+        if let Some((topic, group)) = &self.bound {
+            for &(p, at) in &positions {
+                // In range: positions are only kept for assigned
+                // partitions checked against the topic at bind.
+                let _ = topic.commit(*group, p, at);
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Consumer {
+    fn drop(&mut self) {
+        if let Some((topic, group)) = &self.bound {
+            topic.leave(*group);
+        }
+    }
+}
