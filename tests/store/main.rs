@@ -8,6 +8,8 @@
 //! runs on a thread); it re-executes itself as the peer processes
 //! (`GRAFOS_STORE_PEER=writer|reader`).
 
+#[path = "../common/arm.rs"]
+mod arm;
 #[path = "../common/harness.rs"]
 mod harness;
 
@@ -19,7 +21,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use grafos_runtime::supervisor::Config;
-use grafos_shm_layout::crash::{self, CrashPoint};
+use grafos_shm_layout::crash::CrashPoint;
 use grafos_worker::FabricError;
 use grafos_worker::collections::map::MapOptions;
 use grafos_worker::instance::InstancePaths;
@@ -130,7 +132,7 @@ fn peer(role: &str) {
     // was killed.
     log.write_all(b"\n").expect("write the log");
     if let Ok(arm) = std::env::var(CRASH_ENV) {
-        arm_crash(&arm);
+        arm::arm_crash(&arm);
     }
     let store = MemObjectStore::open().expect("open the store");
     let pair = |args: &str| {
@@ -211,34 +213,6 @@ fn reader(store: &MemObjectStore, log: &mut std::fs::File, pick: impl Fn(u64) ->
 fn log_line(log: &mut std::fs::File, line: &str) {
     log.write_all(format!("{line}\n").as_bytes())
         .expect("write the log");
-}
-
-fn arm_crash(arm: &str) {
-    static ARMED: std::sync::OnceLock<(CrashPoint, u64)> = std::sync::OnceLock::new();
-    static HITS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-    static STOP: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-    let (point, rest) = arm.split_once(':').expect("POINT:HIT[:stop]");
-    let (hit, stop) = match rest.split_once(':') {
-        Some((hit, "stop")) => (hit, true),
-        _ => (rest, false),
-    };
-    STOP.store(stop, std::sync::atomic::Ordering::Relaxed);
-    let _ = ARMED.set((
-        CrashPoint::from_name(point).expect("a crash point"),
-        hit.parse().unwrap(),
-    ));
-    fn hook(at: CrashPoint) {
-        let (point, hit) = ARMED.get().copied().expect("armed");
-        if at == point && HITS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1 == hit {
-            let signal = if STOP.load(std::sync::atomic::Ordering::Relaxed) {
-                rustix::process::Signal::STOP
-            } else {
-                rustix::process::Signal::KILL
-            };
-            let _ = rustix::process::kill_process(rustix::process::getpid(), signal);
-        }
-    }
-    crash::set_hook(hook);
 }
 
 // ---- harness --------------------------------------------------------
