@@ -2,6 +2,7 @@
 # The grafos commands as a new user types them, against a worker holding a
 # lease: `grafos up --detach`, `grafos status --json`, `grafos lease
 # poison ID`, `grafos store put|get|ls|rm` (and a malformed URI refused),
+# `grafos topic create|send|tail|describe|ls|delete`,
 # `grafos down`, then `grafos run` on the example topology with
 # a `grafos kill`; nothing of the instance may be left in /dev/shm or on
 # disk. Fails when any step or count is not what it should
@@ -86,6 +87,30 @@ if "$bin/grafos" store get "fabric://$GRAFOS_INSTANCE/drill/a b" 2>"$files/err";
     fail "a malformed URI was accepted"
 fi
 grep -q "bad URI: .*key" "$files/err" || fail "malformed URI reason: $(cat "$files/err")"
+
+echo "grafos topic create / send / tail / describe / delete"
+"$bin/grafos" topic create drill-events --partitions 2 --capacity 4 --stride 64
+"$bin/grafos" topic send drill-events one two three four five six >/dev/null
+"$bin/grafos" topic send drill-events --key k seven >/dev/null
+tailed=$("$bin/grafos" topic tail drill-events)
+[[ $(wc -l <<<"$tailed") -eq 7 ]] || fail "topic tail printed: $tailed"
+grep -Eq "^[01] 0 one$" <<<"$tailed" || fail "topic tail: no first record in: $tailed"
+[[ $("$bin/grafos" topic tail drill-events --count 2 | wc -l) -eq 2 ]] || fail "topic tail --count"
+"$bin/grafos" topic describe drill-events | grep -q "drill-events" || fail "topic describe"
+"$bin/grafos" topic describe drill-events --json | grep -q '"head"' || fail "topic describe --json"
+status_has '"topics"' || fail "no topics in status"
+if "$bin/grafos" topic create drill-events 2>"$files/err"; then
+    fail "a topic was created twice"
+fi
+grep -q "already exists" "$files/err" || fail "duplicate topic reason: $(cat "$files/err")"
+if "$bin/grafos" topic create "bad name" 2>"$files/err"; then
+    fail "a bad topic name was accepted"
+fi
+"$bin/grafos" topic ls | grep -q "^drill-events$" || fail "topic ls"
+"$bin/grafos" topic delete drill-events
+if "$bin/grafos" topic tail drill-events 2>/dev/null; then
+    fail "a deleted topic can still be read"
+fi
 
 echo "grafos down"
 "$bin/grafos" down

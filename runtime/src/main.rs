@@ -17,6 +17,7 @@ use grafos_worker::layout::header::{Expect, SegmentKind};
 use grafos_worker::segment::{Segment, SegmentName, list_segments};
 
 mod store_cli;
+mod topic_cli;
 
 /// grafos: a shared-memory fabric for multi-process pipelines on one host.
 ///
@@ -122,6 +123,12 @@ enum Command {
     Store {
         #[command(subcommand)]
         action: store_cli::StoreAction,
+    },
+    /// The instance's topics: create, describe (head, tail and group lag
+    /// per partition), tail (print records), ls, delete.
+    Topic {
+        #[command(subcommand)]
+        action: topic_cli::TopicAction,
     },
 }
 
@@ -305,6 +312,7 @@ fn main() -> ExitCode {
                 .map_err(|e| e.to_string())
         }
         Command::Segments => segments(paths.instance()).map_err(|e| e.to_string()),
+        Command::Topic { action } => topic_cli::run(paths.instance(), action),
         Command::Store { action } => match store_cli::run(action) {
             Ok(true) => Ok(()),
             Ok(false) => return ExitCode::FAILURE,

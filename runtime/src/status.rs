@@ -14,6 +14,7 @@ use grafos_worker::layout::header::SegmentKind;
 use grafos_worker::layout::registry::{
     Counter, InstanceCounters, Registry, lease_kind, lease_state,
 };
+use grafos_worker::mq::topic::Topic;
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
@@ -42,6 +43,8 @@ pub struct Status {
     pub queues: Vec<QueueStatus>,
     /// Hash maps (object stores) in memory leases.
     pub maps: Vec<MapStatus>,
+    /// Topics: per partition head, tail and counters, per group lag.
+    pub topics: Vec<TopicStatus>,
     /// The workers of the topology `grafos run` started, if any.
     pub workers: Option<GroupStatus>,
     /// Instance counters by name.
@@ -121,6 +124,55 @@ pub struct QueueStatus {
     pub sealed: bool,
     /// Why it could not be read, if it could not.
     pub error: Option<String>,
+}
+
+/// A topic's partitions and groups.
+#[derive(Debug, Serialize)]
+pub struct TopicStatus {
+    /// Its name.
+    pub name: String,
+    /// Its lease.
+    pub lease_id: u64,
+    /// `overwrite` or `backpressure`.
+    pub overflow: &'static str,
+    /// Records retained per partition.
+    pub capacity: u64,
+    /// Dead producers repaired.
+    pub repairs: u64,
+    /// Per partition.
+    pub partitions: Vec<PartitionStatus>,
+    /// Per consumer group.
+    pub groups: Vec<TopicGroupStatus>,
+}
+
+/// One partition of a topic.
+#[derive(Debug, Serialize)]
+pub struct PartitionStatus {
+    /// Next offset appended.
+    pub head: u64,
+    /// Oldest offset retained.
+    pub tail: u64,
+    /// Records overwritten before every reader had them.
+    pub overwrites: u64,
+    /// Records readers found overwritten.
+    pub lost: u64,
+    /// Dead producers' claims turned into tombstones.
+    pub holes: u64,
+}
+
+/// One consumer group of a topic.
+#[derive(Debug, Serialize)]
+pub struct TopicGroupStatus {
+    /// Its name.
+    pub name: String,
+    /// Whether it holds producers back.
+    pub holding: bool,
+    /// Member processes alive.
+    pub live_members: usize,
+    /// Committed offset per partition.
+    pub committed: Vec<u64>,
+    /// Records appended and not committed, per partition.
+    pub lag: Vec<u64>,
 }
 
 /// A FabricHashMap in a memory lease.
@@ -225,6 +277,7 @@ pub fn read(paths: &InstancePaths) -> Result<Status, FabricError> {
             .collect(),
         queues: queues(paths.instance())?,
         maps: maps(paths.instance())?,
+        topics: topics(paths.instance())?,
         workers: read_status(&paths.runtime_dir().join("workers.json")),
         counters,
     })
@@ -295,6 +348,60 @@ fn maps(instance: &str) -> Result<Vec<MapStatus>, FabricError> {
         });
     }
     Ok(out)
+}
+
+fn topics(instance: &str) -> Result<Vec<TopicStatus>, FabricError> {
+    let mut out = Vec::new();
+    for object in list_segments(instance)? {
+        if !object.starts_with("lease.") {
+            continue;
+        }
+        let Some(Ok(segment)) = open_if_kind(instance, &object, SegmentKind::Raw) else {
+            continue;
+        };
+        let Ok(Some(topic)) = Topic::inspect(segment, instance) else {
+            continue;
+        };
+        let d = topic.describe();
+        out.push(TopicStatus {
+            groups: d
+                .groups
+                .iter()
+                .map(|g| TopicGroupStatus {
+                    name: g.name.clone(),
+                    holding: g.holding,
+                    live_members: g.live_members,
+                    committed: g.committed.clone(),
+                    lag: (0..d.partitions.len()).map(|p| d.lag(g, p)).collect(),
+                })
+                .collect(),
+            partitions: d
+                .partitions
+                .iter()
+                .map(|p| PartitionStatus {
+                    head: p.head,
+                    tail: p.tail,
+                    overwrites: p.stats.overwrites,
+                    lost: p.stats.lost,
+                    holes: p.stats.holes,
+                })
+                .collect(),
+            name: d.name,
+            lease_id: d.lease_id,
+            overflow: overflow_name(d.overflow),
+            capacity: d.capacity,
+            repairs: d.repairs,
+        });
+    }
+    Ok(out)
+}
+
+/// How an overflow policy is spelled in status and CLI output.
+pub fn overflow_name(overflow: grafos_worker::mq::topic::Overflow) -> &'static str {
+    match overflow {
+        grafos_worker::mq::topic::Overflow::Overwrite => "overwrite",
+        grafos_worker::mq::topic::Overflow::Backpressure => "backpressure",
+    }
 }
 
 /// The status as tables for people.
@@ -414,6 +521,44 @@ pub fn render(status: &Status) -> String {
                 m.writer_pid
                     .map_or_else(|| "-".to_owned(), |p| p.to_string()),
                 m.repairs
+            );
+        }
+    }
+    for t in &status.topics {
+        let _ = writeln!(
+            out,
+            "\nTOPIC {} (lease {}, {} records per partition, {}, {} repairs)",
+            t.name, t.lease_id, t.capacity, t.overflow, t.repairs
+        );
+        let mut header = format!(
+            "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
+            "PARTITION", "HEAD", "TAIL", "OVERWRITES", "LOST", "HOLES"
+        );
+        for g in &t.groups {
+            header += &format!(" {:>12}", format!("LAG {}", g.name));
+        }
+        let _ = writeln!(out, "{header}");
+        for (i, p) in t.partitions.iter().enumerate() {
+            let mut row = format!(
+                "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
+                i, p.head, p.tail, p.overwrites, p.lost, p.holes
+            );
+            for g in &t.groups {
+                row += &format!(" {:>12}", g.lag[i]);
+            }
+            let _ = writeln!(out, "{row}");
+        }
+        for g in &t.groups {
+            let _ = writeln!(
+                out,
+                "group {}: {} live member(s){}",
+                g.name,
+                g.live_members,
+                if g.holding {
+                    ", holding producers back"
+                } else {
+                    ""
+                }
             );
         }
     }
