@@ -12,6 +12,7 @@ mod mpmc;
 mod rebind;
 mod repair;
 mod store;
+mod topic;
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixDatagram;
@@ -52,6 +53,9 @@ struct Args {
     /// Only the object store vs Redis table.
     #[arg(long)]
     store_only: bool,
+    /// Only the topic table.
+    #[arg(long)]
+    topic_only: bool,
     /// A Redis server for the store table (`HOST:PORT`; started by
     /// scripts/redis-bench.sh). Without it the Redis rows are skipped.
     #[arg(long)]
@@ -100,6 +104,10 @@ fn main() {
         store::store_table(runs, args.redis.as_deref(), args.store_keys.max(1));
         return;
     }
+    if args.topic_only {
+        topic::topic_table(runs, scale);
+        return;
+    }
     if args.rebind_only {
         rebind::rebind_table(args.relocations);
         return;
@@ -112,6 +120,7 @@ fn main() {
     if args.mpmc_only {
         return;
     }
+    topic::topic_table(runs, scale);
     latency_table(runs, scale, args.no_iceoryx2);
     blocking_table(runs, scale);
     repair::repair_table(args.kills);
@@ -198,6 +207,8 @@ fn child(args: &[String]) -> i32 {
         "claimer" => repair::claimer(&args[1]),
         "rebind-consumer" => rebind::consumer(&args[1], num(2), num(3)),
         "store-load" => store::load(&args[1..]),
+        "topic-append" => topic::append(&args[1..]),
+        "queue-push" => topic::push(&args[1..]),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }

@@ -1281,15 +1281,25 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         );
         self.word(claim.slot, 0)
             .store(payload.len() as u64, Ordering::Relaxed);
-        let half = payload.len().div_ceil(16);
-        for (i, chunk) in payload.chunks(8).enumerate() {
-            if i == half {
+        let at = claim.slot * self.geo.slot_size + SLOT_HEADER;
+        let store = |i: usize, word: u64| {
+            // SAFETY: the payload fits the slot (asserted above: at most
+            // the stride, and a slot holds the stride rounded up to 8),
+            // inside the region; 8-aligned.
+            unsafe { self.slots.header(at + 8 * i as u64) }.store(word, Ordering::Relaxed);
+        };
+        let words = payload.chunks_exact(8);
+        let (full, rest) = (words.len(), words.remainder());
+        for (i, chunk) in words.enumerate() {
+            if i == full / 2 {
                 crash::point(CrashPoint::TopicMidWrite);
             }
-            let mut bytes = [0u8; 8];
-            bytes[..chunk.len()].copy_from_slice(chunk);
-            self.word(claim.slot, 1 + i as u64)
-                .store(u64::from_le_bytes(bytes), Ordering::Relaxed);
+            store(i, u64::from_le_bytes(chunk.try_into().expect("8 bytes")));
+        }
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            store(full, u64::from_le_bytes(last));
         }
     }
 
@@ -1379,12 +1389,26 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         let len = self.word(slot, 0).load(Ordering::Relaxed);
         let fits = len <= self.geo.stride;
         if fits {
+            let words = len.div_ceil(8) as usize;
             out.clear();
-            for i in 0..len.div_ceil(8) {
-                let bytes = self.word(slot, 1 + i).load(Ordering::Relaxed).to_le_bytes();
-                let take = (len - 8 * i).min(8) as usize;
-                out.extend_from_slice(&bytes[..take]);
+            out.reserve(words * 8);
+            let payload = slot * self.geo.slot_size + SLOT_HEADER;
+            let spare = &mut out.spare_capacity_mut()[..words * 8];
+            for (i, chunk) in spare.chunks_exact_mut(8).enumerate() {
+                // SAFETY: the payload's words lie inside the slot (`len` is
+                // at most the stride, and a slot holds the header and the
+                // stride rounded up to 8), inside the region; 8-aligned.
+                let word = unsafe { self.slots.header(payload + 8 * i as u64) };
+                for (dst, byte) in chunk
+                    .iter_mut()
+                    .zip(word.load(Ordering::Relaxed).to_le_bytes())
+                {
+                    dst.write(byte);
+                }
             }
+            // SAFETY: the loop above initialised the first `words * 8`
+            // bytes, and `len` is at most that.
+            unsafe { out.set_len(len as usize) };
         }
         // The seqlock's reader fence: if any word copied above was written
         // by a later claimant, the state loaded below shows its claim.

@@ -9,7 +9,7 @@ use grafos_shm_layout::topic::{GroupId, Read};
 
 use crate::error::{FabricError, Result};
 use crate::mq::offset::OffsetStore;
-use crate::mq::topic::{Topic, TopicManager};
+use crate::mq::topic::{Topic, TopicManager, WAIT_YIELDS};
 
 /// Where a consumer starts reading its partitions.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -216,10 +216,18 @@ impl Consumer {
         timeout: Duration,
     ) -> Result<Vec<(u32, Message)>> {
         let deadline = Instant::now().checked_add(timeout);
+        let mut yields = 0;
         loop {
             let got = self.poll(topics, max)?;
             if !got.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(got);
+            }
+            // With more processes than cores, giving the CPU to a producer
+            // is quicker than a futex round trip.
+            if yields < WAIT_YIELDS {
+                yields += 1;
+                std::thread::yield_now();
+                continue;
             }
             let (topic, _) = self.bind(topics)?;
             let waiting: Vec<(u32, u64)> = self

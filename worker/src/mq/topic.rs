@@ -9,7 +9,7 @@
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use grafos_shm_layout::queue::Blocker;
@@ -40,6 +40,8 @@ pub const MAX_TOPIC_NAME: usize = 64;
 /// How long a blocked call sleeps before it checks for dead producers and
 /// idle groups.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(10);
+/// Yields before a blocked call sleeps.
+pub(crate) const WAIT_YIELDS: u32 = 8;
 
 /// A topic's shape, as the seed writes it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -413,8 +415,10 @@ pub struct Topic {
     ctrl: NonNull<TopicControl>,
     parts: Vec<(NonNull<PartitionControl>, MappedRing)>,
     geo: Geometry,
-    /// This process's participant entry, attached on first append.
-    member: Mutex<Option<Member>>,
+    /// This process's participant entry, attached on first use.
+    member: OnceLock<Member>,
+    /// Held while attaching (once).
+    attaching: Mutex<()>,
 }
 
 // SAFETY: the pointers point into the mapping that `backing` keeps alive
@@ -505,7 +509,8 @@ impl Topic {
             ctrl,
             parts,
             geo,
-            member: Mutex::new(None),
+            member: OnceLock::new(),
+            attaching: Mutex::new(()),
         })
     }
 
@@ -595,15 +600,18 @@ impl Topic {
 
     /// This process's participant entry, attached on first use.
     fn member(&self) -> Result<Member> {
-        let mut member = self.member.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = *member {
+        if let Some(&m) = self.member.get() {
+            return Ok(m);
+        }
+        let _attaching = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(&m) = self.member.get() {
             return Ok(m);
         }
         let m = self
             .ctrl()
             .attach(me(), is_dead, &self.all(), &LinuxFutex)
             .map_err(|e| self.layout_error(e))?;
-        *member = Some(m);
+        let _ = self.member.set(m);
         Ok(m)
     }
 
@@ -617,11 +625,18 @@ impl Topic {
         let part = self.partition(p)?;
         let member = self.member()?;
         let deadline = crate::mapped::deadline(timeout);
+        let mut yields = 0;
         loop {
             match part.append(member.incarnation(), payload) {
                 Ok(offset) => {
                     part.wake_consumers(&LinuxFutex);
                     return Ok(offset);
+                }
+                // With more processes than cores, giving the CPU to the
+                // consumer is quicker than a futex round trip.
+                Err(TopicError::Full) if yields < WAIT_YIELDS => {
+                    yields += 1;
+                    std::thread::yield_now();
                 }
                 Err(TopicError::Full) => {
                     self.ctrl().release_idle_groups(unix_time_ms(), is_dead);
@@ -836,9 +851,8 @@ impl Topic {
 
 impl Drop for Topic {
     fn drop(&mut self) {
-        let member = *self.member.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = member {
-            self.ctrl().detach(&m, me(), &self.all());
+        if let Some(m) = self.member.get() {
+            self.ctrl().detach(m, me(), &self.all());
         }
     }
 }
