@@ -29,6 +29,7 @@ use grafos_worker::layout::registry::{
     lease_state,
 };
 use grafos_worker::layout::wait::Futex;
+use grafos_worker::mq::topic::Topic;
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
@@ -171,8 +172,11 @@ pub struct Supervisor {
     stuck_killed: BTreeSet<u64>,
     /// Hash maps in memory leases, kept mapped by object name.
     watched_maps: BTreeMap<String, FabricHashMap>,
-    /// Lease segments seen holding no map, with when first seen (one made
-    /// a moment ago may not be set up yet: looked at again for a while).
+    /// Topics in memory leases, kept mapped by object name.
+    watched_topics: BTreeMap<String, Topic>,
+    /// Lease segments seen holding neither a map nor a topic, with when
+    /// first seen (one made a moment ago may not be set up yet: looked at
+    /// again for a while).
     not_maps: BTreeMap<String, Instant>,
     /// Pins seen holding reuse back, by map, slot and pin word, with when
     /// each was first seen.
@@ -335,6 +339,7 @@ impl Supervisor {
             next_claim_scan: Instant::now(),
             watched_queues: BTreeMap::new(),
             watched_maps: BTreeMap::new(),
+            watched_topics: BTreeMap::new(),
             not_maps: BTreeMap::new(),
             pins_seen: BTreeMap::new(),
             locks_seen: BTreeMap::new(),
@@ -1138,6 +1143,7 @@ impl Supervisor {
                     self.refresh_maps(&objects);
                 }
                 self.repair_maps();
+                self.repair_topics();
                 let _ = std::fs::remove_file(liveness_file(&self.paths, participant.process));
             }
         }
@@ -1192,18 +1198,74 @@ impl Supervisor {
             }
         }
         self.watched_queues = mapped;
-        self.claims_seen = seen;
         if repair {
             self.repair_queues();
         }
         self.watch_pins(&objects);
+        self.watch_topic_claims(now, &mut seen);
+        self.claims_seen = seen;
     }
 
-    /// Maps the instance's hash maps (memory leases whose body starts with
-    /// a map) among its segments `objects`, dropping those whose segment is
-    /// gone.
+    /// The claim watch over topics (mapped by `watch_pins`' refresh): a
+    /// producer dead holding a claim gets it repaired; one stopped holding
+    /// it past the claim-age limit gets killed, and repaired on a later
+    /// pass. Claims seen are added to `seen`, keyed by topic object and
+    /// partition.
+    fn watch_topic_claims(
+        &mut self,
+        now: Instant,
+        seen: &mut BTreeMap<(String, u64, u64), Instant>,
+    ) {
+        let mut stuck = Vec::new();
+        let mut repair = false;
+        for (object, topic) in &self.watched_topics {
+            for (partition, claim) in topic.claims() {
+                let holder = topic.holder_of(&claim);
+                if holder == 0 {
+                    repair = true;
+                    continue;
+                }
+                let key = (format!("{object}/{partition}"), claim.slot, claim.word);
+                let first = self.claims_seen.get(&key).copied().unwrap_or(now);
+                seen.insert(key, first);
+                let holder = ProcessId::unpack(holder);
+                if !holder.is_alive() {
+                    repair = true;
+                } else if now.duration_since(first) >= self.config.claim_age_limit
+                    && holder.is_stopped()
+                {
+                    stuck.push((holder, object.clone(), now.duration_since(first)));
+                }
+            }
+        }
+        for (holder, object, held) in stuck {
+            if self.is_ours(holder) {
+                self.kill_stuck(holder, &object, held, StuckKind::Claimer);
+            }
+        }
+        if repair {
+            self.repair_topics();
+        }
+    }
+
+    /// Repairs the dead producers of every topic seen at the last refresh.
+    fn repair_topics(&self) {
+        for (object, topic) in &self.watched_topics {
+            match topic.repair_dead() {
+                Ok(tombed) => self.counters().add(Counter::TopicClaimsRepaired, tombed),
+                Err(FabricError::Topic { .. }) | Err(FabricError::LeaseExpired(_)) => {}
+                Err(e) => tracing::warn!(topic = %object, "topic repair: {e}"),
+            }
+        }
+    }
+
+    /// Maps the instance's hash maps and topics (memory leases whose body
+    /// starts with one) among its segments `objects`, dropping those whose
+    /// segment is gone.
     fn refresh_maps(&mut self, objects: &[String]) {
         self.watched_maps
+            .retain(|object, _| objects.contains(object));
+        self.watched_topics
             .retain(|object, _| objects.contains(object));
         self.not_maps.retain(|object, _| objects.contains(object));
         let now = Instant::now();
@@ -1212,21 +1274,36 @@ impl Supervisor {
                 .not_maps
                 .get(&object)
                 .is_some_and(|first| now.duration_since(*first) >= MAP_SETUP_GRACE);
-            if !object.starts_with("lease.") || self.watched_maps.contains_key(&object) || settled {
+            if !object.starts_with("lease.")
+                || self.watched_maps.contains_key(&object)
+                || self.watched_topics.contains_key(&object)
+                || settled
+            {
                 continue;
             }
-            let map = open_if_kind(self.paths.instance(), &object, SegmentKind::Raw)
-                .and_then(Result::ok)
-                .map(|segment| FabricHashMap::inspect(segment, self.paths.instance()));
-            match map {
-                Some(Ok(Some(map))) => {
+            let Some(Ok(segment)) = open_if_kind(self.paths.instance(), &object, SegmentKind::Raw)
+            else {
+                continue;
+            };
+            match FabricHashMap::inspect(segment.clone(), self.paths.instance()) {
+                Ok(Some(map)) => {
                     self.watched_maps.insert(object, map);
+                    continue;
                 }
-                Some(Ok(None)) => {
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::debug!(lease = %object, "not a usable map: {e}");
+                    continue;
+                }
+            }
+            match Topic::inspect(segment, self.paths.instance()) {
+                Ok(Some(topic)) => {
+                    self.watched_topics.insert(object, topic);
+                }
+                Ok(None) => {
                     self.not_maps.entry(object).or_insert(now);
                 }
-                Some(Err(e)) => tracing::debug!(lease = %object, "not a usable map: {e}"),
-                None => {}
+                Err(e) => tracing::debug!(lease = %object, "not a usable topic: {e}"),
             }
         }
     }
@@ -1356,7 +1433,7 @@ impl Supervisor {
                 let (counter, what) = match kind {
                     StuckKind::Claimer => (
                         Counter::StuckClaimersKilled,
-                        "killed a stopped process holding a queue claim past the claim-age limit",
+                        "killed a stopped process holding a queue or topic claim past the claim-age limit",
                     ),
                     StuckKind::Reader => (
                         Counter::StuckReadersKilled,

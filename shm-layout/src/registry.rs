@@ -335,11 +335,14 @@ pub enum Counter {
     /// Readers killed for holding a hash-map pin that held reuse back
     /// past the claim-age limit.
     StuckReadersKilled = 21,
+    /// Dead producers' topic claims turned into tombstones by the
+    /// supervisor.
+    TopicClaimsRepaired = 22,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 22] = [
+    pub const ALL: [Counter; 23] = [
         Counter::LeasesAcquired,
         Counter::LeasesRenewed,
         Counter::LeasesReleased,
@@ -362,6 +365,7 @@ impl Counter {
         Counter::Redeliveries,
         Counter::MapRepairs,
         Counter::StuckReadersKilled,
+        Counter::TopicClaimsRepaired,
     ];
 
     /// The name `grafos status` shows.
@@ -388,6 +392,7 @@ impl Counter {
             Counter::EdgeRecordsLost => "edge_records_lost",
             Counter::MapRepairs => "map_repairs",
             Counter::StuckReadersKilled => "stuck_readers_killed",
+            Counter::TopicClaimsRepaired => "topic_claims_repaired",
             Counter::Redeliveries => "redeliveries",
         }
     }

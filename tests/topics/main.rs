@@ -23,6 +23,7 @@ use std::time::{Duration, Instant};
 use grafos_runtime::supervisor::Config;
 use grafos_shm_layout::crash::CrashPoint;
 use grafos_worker::FabricError;
+use grafos_worker::instance::InstancePaths;
 use grafos_worker::kv::FabricKvStore;
 use grafos_worker::mq::consumer::{Consumer, SeekPolicy};
 use grafos_worker::mq::offset::MemOffsetStore;
@@ -49,12 +50,20 @@ fn main() {
         claim_age_limit: Duration::from_secs(2),
     });
     let root = instance.root.clone();
-    let tests: [(&str, Test); 2] = [
+    let tests: [(&str, Test); 4] = [
         (
             "producers_and_consumers_killed_deliver_every_acknowledged_send",
             kills,
         ),
         ("lapped_readers_never_see_torn_records", lapped),
+        (
+            "the_supervisor_repairs_a_producer_dead_mid_append",
+            supervisor_repairs,
+        ),
+        (
+            "a_producer_stopped_mid_append_is_killed_and_repaired",
+            stuck_producer,
+        ),
     ];
     let tests = tests
         .into_iter()
@@ -579,4 +588,91 @@ fn lapped(root: &Path) {
     assert!(lagged > 0, "the reader was never lapped");
     println!("  read={read} lags={lagged} producer kills={kills}");
     topics.delete(topic).unwrap();
+}
+
+fn counter(name: &str) -> u64 {
+    let paths = InstancePaths::new(&std::env::var("GRAFOS_INSTANCE").unwrap()).unwrap();
+    grafos_runtime::status::read(&paths)
+        .expect("status")
+        .counters[name]
+}
+
+/// A small topic with one producer peer armed at a crash point; returns
+/// the peer's exit status (waited for, within the test budget).
+fn armed_producer(root: &Path, topic: &str, arm: &str) -> (TopicManager, std::process::ExitStatus) {
+    let mut topics = TopicManager::new();
+    topics
+        .create(
+            topic,
+            TopicConfig {
+                num_partitions: 1,
+                partition_capacity: 64,
+                partition_stride: 64,
+            },
+        )
+        .unwrap();
+    let mut peers = Peers::new(root, topic);
+    peers.spawn("producer", Some(arm.to_string()));
+    let (_, mut child) = peers.running.remove(0);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        peers.check_deadline("the armed producer's end");
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    (topics, status)
+}
+
+/// Waits until `topic` shows `holes` tombstones, nobody else touching it.
+fn await_holes(topics: &TopicManager, topic: &str, holes: u64) {
+    let deadline = Instant::now() + TEST_BUDGET;
+    while topics.describe(topic).unwrap().partitions[0].stats.holes < holes {
+        assert!(Instant::now() < deadline, "the claim was never repaired");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A producer killed between its claim and its publish: the supervisor,
+/// told of the death, tombs the claim with no reader or producer around;
+/// a reader then steps over the hole to the records after it.
+fn supervisor_repairs(root: &Path) {
+    let before = counter("topic_claims_repaired");
+    let (mut topics, status) = armed_producer(root, "dead-mid-append", "topic-after-claim:20");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the producer died at its crash point"
+    );
+    await_holes(&topics, "dead-mid-append", 1);
+    assert_eq!(counter("topic_claims_repaired"), before + 1);
+    let mut producer = Producer::new("dead-mid-append");
+    producer.send(&mut topics, b"after").unwrap();
+    let mut consumer = Consumer::new("dead-mid-append", "g");
+    consumer.assign(&[0]);
+    consumer
+        .seek(&topics, &MemOffsetStore::new(), SeekPolicy::Earliest)
+        .unwrap();
+    let got = consumer.poll(&topics, 100).unwrap();
+    assert_eq!(got.len(), 20, "19 records before the hole, one after");
+    assert_eq!(got[19].1.offset, 20, "the hole at offset 19 is skipped");
+    assert_eq!(got[19].1.payload, b"after");
+    drop(consumer);
+    topics.delete("dead-mid-append").unwrap();
+}
+
+/// A producer stopped (SIGSTOP) mid-append holds its claim: past the
+/// claim-age limit the supervisor kills it and the claim is repaired.
+fn stuck_producer(root: &Path) {
+    let killed = counter("stuck_claimers_killed");
+    let (topics, status) = armed_producer(root, "stopped-mid-append", "topic-mid-write:5:stop");
+    assert_eq!(
+        status.signal(),
+        Some(9),
+        "the supervisor SIGKILLed the stopped producer"
+    );
+    assert!(counter("stuck_claimers_killed") > killed);
+    await_holes(&topics, "stopped-mid-append", 1);
+    let mut topics = topics;
+    topics.delete("stopped-mid-append").unwrap();
 }
