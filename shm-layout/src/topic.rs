@@ -1393,18 +1393,18 @@ impl<'a, M: RingBytes> Partition<'a, M> {
             out.clear();
             out.reserve(words * 8);
             let payload = slot * self.geo.slot_size + SLOT_HEADER;
-            let spare = &mut out.spare_capacity_mut()[..words * 8];
-            for (i, chunk) in spare.chunks_exact_mut(8).enumerate() {
+            let dst = out.spare_capacity_mut()[..words * 8]
+                .as_mut_ptr()
+                .cast::<u8>();
+            for i in 0..words {
                 // SAFETY: the payload's words lie inside the slot (`len` is
                 // at most the stride, and a slot holds the header and the
                 // stride rounded up to 8), inside the region; 8-aligned.
                 let word = unsafe { self.slots.header(payload + 8 * i as u64) };
-                for (dst, byte) in chunk
-                    .iter_mut()
-                    .zip(word.load(Ordering::Relaxed).to_le_bytes())
-                {
-                    dst.write(byte);
-                }
+                let bytes = word.load(Ordering::Relaxed).to_le_bytes();
+                // SAFETY: `dst` has room for `words * 8` bytes (reserved
+                // above); an unaligned write of 8 of them at `8 * i`.
+                unsafe { dst.add(8 * i).cast::<[u8; 8]>().write_unaligned(bytes) };
             }
             // SAFETY: the loop above initialised the first `words * 8`
             // bytes, and `len` is at most that.
