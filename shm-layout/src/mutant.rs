@@ -98,9 +98,23 @@ pub enum Mutant {
     /// A topic reader returns its copy without the `fence(Acquire)` and
     /// the second look at the state word (an overwrite goes unnoticed).
     TopicSkipReaderRecheck,
+    /// A topic reader looks at the state word again without the
+    /// `fence(Acquire)` before it.
+    TopicSkipReaderFence,
+    /// A topic reader's first load of the state word is `Relaxed`.
+    TopicReadRelaxed,
+    /// A topic producer publishes with `Relaxed` instead of `Release`.
+    TopicPublishRelaxed,
     /// Backpressure is not checked: producers take slots of records a
     /// holding group has not committed.
     TopicIgnoreBackpressure,
+    /// A group starts holding without the SeqCst fences between the bit
+    /// and `tail` (and with its cursor at the oldest record a producer
+    /// that missed the bit may take over).
+    TopicHoldSkipFence,
+    /// Repair tombs a claim with a plain store instead of a CAS (a
+    /// publish racing it is overwritten: acknowledged, then lost).
+    TopicRepairPlainStore,
 }
 
 #[cfg(loom)]

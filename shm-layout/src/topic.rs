@@ -49,7 +49,7 @@ use bytemuck::{Pod, Zeroable};
 use crate::crash::{self, CrashPoint};
 use crate::edge::RingBytes;
 use crate::map::hash_key;
-use crate::mutant::{self, Mutant};
+use crate::mutant::{self, Mutant, order};
 use crate::queue::{Blocker, Incarnation, OWNER_BITS};
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::wait::{Futex, WaitPoint, Waiter};
@@ -401,6 +401,8 @@ struct Admin {
     repairs: AtomicU64,
     /// Groups released for being idle with no live member.
     groups_released: AtomicU64,
+    /// Non-zero once the topic is deleted (handles stop using it).
+    deleted: AtomicU64,
 }
 
 /// One participant entry.
@@ -501,6 +503,7 @@ impl TopicControl {
                 holding: AtomicU64::new(0),
                 repairs: AtomicU64::new(0),
                 groups_released: AtomicU64::new(0),
+                deleted: AtomicU64::new(0),
             }),
             participants: Line(std::array::from_fn(|_| Entry {
                 holder: AtomicU64::new(0),
@@ -531,11 +534,11 @@ impl TopicControl {
         // (slots never written, offsets 0), so only the parameters need
         // writing.
         unsafe { std::ptr::addr_of_mut!((*ptr).params).write(unmarked) };
-        std::sync::atomic::fence(std::sync::atomic::Ordering::Release);
-        // SAFETY: as above; the magic is the first word of the parameters.
-        unsafe {
-            std::ptr::addr_of_mut!((*ptr).params.magic).write_volatile(params.magic);
-        }
+        // SAFETY: as above; the magic is the first, 8-aligned word of the
+        // parameters. Stored with Release as an atomic (openers load it
+        // with Acquire), so whoever sees it sees the rest.
+        unsafe { &*std::ptr::addr_of!((*ptr).params.magic).cast::<std::sync::atomic::AtomicU64>() }
+            .store(params.magic, std::sync::atomic::Ordering::Release);
     }
 
     /// Copies the parameters out (the copy is what gets validated).
@@ -607,8 +610,20 @@ impl TopicControl {
         }
     }
 
-    /// Unregisters a participant that holds no claim (a clean exit).
-    pub fn detach<M: RingBytes>(&self, me: &Member, token: u64, partitions: &[Partition<'_, M>]) {
+    /// Unregisters a participant (a clean exit). A claim it left (an
+    /// append that panicked half-way) is tombed first, so no claim
+    /// outlives its incarnation's entry.
+    pub fn detach<M: RingBytes, F: Futex + ?Sized>(
+        &self,
+        me: &Member,
+        token: u64,
+        partitions: &[Partition<'_, M>],
+        futex: &F,
+    ) {
+        let mine = me.incarnation.get();
+        for p in partitions {
+            p.tomb_claims(|owner| owner == mine, futex);
+        }
         let entry = &self.participants.0[me.index as usize];
         if entry
             .incarnation
@@ -653,7 +668,7 @@ impl TopicControl {
     /// bits are cleared. Returns the claims tombed.
     ///
     /// # Errors
-    /// `AdminBusy` if a live process holds the admin lock; `Corrupt`.
+    /// `AdminBusy` if a live process holds the admin lock.
     pub fn repair_dead<M: RingBytes, F: Futex + ?Sized>(
         &self,
         token: u64,
@@ -676,7 +691,7 @@ impl TopicControl {
             }
             if inc != 0 && inc <= OWNER_MASK {
                 for p in partitions {
-                    tombed += p.repair_claims(inc as u32, futex)?;
+                    tombed += p.tomb_claims(|owner| u64::from(owner) == inc, futex);
                 }
                 self.admin.0.repairs.fetch_add(1, Ordering::Relaxed);
             }
@@ -698,12 +713,46 @@ impl TopicControl {
                         .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
+        // Claims no entry owns (a scribbled word, or a claim whose entry
+        // was freed without it) would wedge their slot for ever. A claim
+        // is only made after its incarnation is in an entry, so one whose
+        // owner no entry holds (looked at after finding the claim) is
+        // nobody's.
+        let held = |owner: u32| {
+            self.participants
+                .0
+                .iter()
+                .any(|e| e.incarnation.load(Ordering::Acquire) == u64::from(owner))
+        };
+        for p in partitions {
+            tombed += p.tomb_claims(|owner| !held(owner), futex);
+        }
         Ok(tombed)
     }
 
     /// Incarnations repaired so far.
     pub fn repairs(&self) -> u64 {
         self.admin.0.repairs.load(Ordering::Relaxed)
+    }
+
+    /// Takes the admin lock, waiting up to a second for a live holder
+    /// (admin work is short).
+    fn lock_waiting(
+        &self,
+        token: u64,
+        is_dead: &impl Fn(u64) -> bool,
+    ) -> Result<AdminLock<'_>, TopicError> {
+        let deadline = Instant::now() + std::time::Duration::from_secs(1);
+        loop {
+            match self.lock(token, is_dead) {
+                Err(TopicError::AdminBusy) if Instant::now() < deadline => {
+                    crate::sync::spin_loop();
+                    #[cfg(not(loom))]
+                    std::thread::yield_now();
+                }
+                other => return other,
+            }
+        }
     }
 
     /// Takes the admin lock for `token`, taking it over from a dead holder.
@@ -744,18 +793,7 @@ impl TopicControl {
         if let Some(id) = self.find_group(name, want) {
             return Ok(id);
         }
-        let deadline = Instant::now() + std::time::Duration::from_secs(1);
-        let _lock = loop {
-            match self.lock(token, &is_dead) {
-                Ok(lock) => break lock,
-                Err(TopicError::AdminBusy) if Instant::now() < deadline => {
-                    crate::sync::spin_loop();
-                    #[cfg(not(loom))]
-                    std::thread::yield_now();
-                }
-                Err(e) => return Err(e),
-            }
-        };
+        let _lock = self.lock_waiting(token, &is_dead)?;
         if let Some(id) = self.find_group(name, want) {
             return Ok(id);
         }
@@ -798,9 +836,34 @@ impl TopicControl {
             .collect()
     }
 
+    /// Enters `token` as a member of `group`, under the admin lock (so a
+    /// producer releasing the group as idle cannot miss the newcomer):
+    /// records the membership (a dead process's member word is reused),
+    /// notes activity at `now_ms` and makes the group hold producers back
+    /// (backpressure). Returns whether the membership was recorded (8 per
+    /// group; a member not recorded keeps the group holding only through
+    /// its activity).
+    ///
+    /// # Errors
+    /// `AdminBusy` if a live process held the admin lock for a second.
+    pub fn enter<M: RingBytes>(
+        &self,
+        group: GroupId,
+        token: u64,
+        is_dead: impl Fn(u64) -> bool,
+        now_ms: u64,
+        partitions: &[Partition<'_, M>],
+    ) -> Result<bool, TopicError> {
+        let _lock = self.lock_waiting(token, &is_dead)?;
+        let joined = self.join(group, token, &is_dead);
+        self.touch(group, now_ms);
+        self.hold(group, partitions);
+        Ok(joined)
+    }
+
     /// Records `token` as a member of `group` (once per call; a member
     /// entry of a dead process is reused). Returns whether there was room.
-    pub fn join(&self, group: GroupId, token: u64, is_dead: impl Fn(u64) -> bool) -> bool {
+    fn join(&self, group: GroupId, token: u64, is_dead: impl Fn(u64) -> bool) -> bool {
         let members = &self.groups.0[group.0].members;
         for m in members {
             let held = m.load(Ordering::Acquire);
@@ -840,7 +903,7 @@ impl TopicControl {
         let last = &self.groups.0[group.0].last_active_ms;
         // Skip the store while the value is fresh: members of one group
         // poll often, and the line is shared.
-        if now_ms > last.load(Ordering::Relaxed) + 100 {
+        if now_ms > last.load(Ordering::Relaxed).saturating_add(100) {
             last.store(now_ms, Ordering::Relaxed);
         }
     }
@@ -852,21 +915,37 @@ impl TopicControl {
             .load(Ordering::Relaxed)
     }
 
-    /// Makes `group` hold producers back (backpressure), its cursor in each
-    /// partition raised to at least the oldest record still retained.
+    /// Makes `group` hold producers back (backpressure), if it does not
+    /// already, its cursor in each partition raised past the records a
+    /// producer that missed the hold may still take over.
+    ///
+    /// The bit is set first, then `fence(SeqCst)`, then `tail` is read;
+    /// a producer loads `tail`, `fence(SeqCst)`, then the bits. A producer
+    /// that missed the bit therefore loaded a `tail` no later than the one
+    /// read here, `T`, and takes offsets up to `T` at most, overwriting up
+    /// to `T - capacity`: the cursor starts at `T + 1 - capacity`.
     pub fn hold<M: RingBytes>(&self, group: GroupId, partitions: &[Partition<'_, M>]) {
         if self.params().overflow() != Overflow::Backpressure {
             return;
         }
+        let bit = 1 << group.0;
+        if self.admin.0.holding.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
+            // Holding already: its cursor protects what it has not
+            // committed; raising it would give those records away.
+            return;
+        }
+        if !mutant::active(Mutant::TopicHoldSkipFence) {
+            fence(Ordering::SeqCst);
+        }
         for p in partitions {
             let tail = p.ctrl.tail.0.load(Ordering::Acquire);
-            p.ctrl.cursors.0[group.0]
-                .fetch_max(tail.saturating_sub(p.geo.capacity), Ordering::AcqRel);
+            let first_kept = if mutant::active(Mutant::TopicHoldSkipFence) {
+                tail.saturating_sub(p.geo.capacity)
+            } else {
+                (tail + 1).saturating_sub(p.geo.capacity)
+            };
+            p.ctrl.cursors.0[group.0].fetch_max(first_kept, Ordering::AcqRel);
         }
-        self.admin
-            .0
-            .holding
-            .fetch_or(1 << group.0, Ordering::AcqRel);
     }
 
     /// Groups holding producers back (a bit per group).
@@ -877,8 +956,22 @@ impl TopicControl {
     /// Stops every holding group whose members are all dead (or gone) and
     /// that has been idle for the topic's retention from holding producers
     /// back. Returns the groups released.
-    pub fn release_idle_groups(&self, now_ms: u64, is_dead: impl Fn(u64) -> bool) -> u64 {
+    ///
+    /// Done under the admin lock (skipped while someone else holds it), so
+    /// a member entering meanwhile (`enter`, under the same lock) is seen.
+    pub fn release_idle_groups(
+        &self,
+        token: u64,
+        now_ms: u64,
+        is_dead: impl Fn(u64) -> bool,
+    ) -> u64 {
         let retention = self.params().group_retention_ms;
+        if self.holding() == 0 {
+            return 0;
+        }
+        let Ok(_lock) = self.lock(token, &is_dead) else {
+            return 0;
+        };
         let holding = self.holding();
         let mut released = 0;
         for (index, g) in self.groups.0.iter().enumerate() {
@@ -890,16 +983,26 @@ impl TopicControl {
                 t != 0 && !is_dead(t)
             });
             let idle_ms = now_ms.saturating_sub(g.last_active_ms.load(Ordering::Relaxed));
-            if !any_alive && idle_ms >= retention {
-                self.admin
-                    .0
-                    .holding
-                    .fetch_and(!(1 << index), Ordering::AcqRel);
+            let bit = 1 << index;
+            if !any_alive
+                && idle_ms >= retention
+                && self.admin.0.holding.fetch_and(!bit, Ordering::AcqRel) & bit != 0
+            {
                 self.admin.0.groups_released.fetch_add(1, Ordering::Relaxed);
                 released += 1;
             }
         }
         released
+    }
+
+    /// Marks the topic deleted: handles that look stop using it.
+    pub fn mark_deleted(&self) {
+        self.admin.0.deleted.store(1, Ordering::Release);
+    }
+
+    /// Whether the topic was deleted.
+    pub fn is_deleted(&self) -> bool {
+        self.admin.0.deleted.load(Ordering::Acquire) != 0
     }
 
     /// Groups released for idleness so far.
@@ -1170,6 +1273,33 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         Some(min.saturating_add(self.geo.capacity))
     }
 
+    /// Whether the record at `offset` is not readable yet: not appended,
+    /// or claimed and not yet published (a reader waits). A slot that does
+    /// not decode is not pending: reading it reports the error.
+    pub fn pending(&self, offset: u64) -> bool {
+        let tail = self.tail();
+        if offset >= tail {
+            return true;
+        }
+        let (slot, stamp) = self.geo.split(offset);
+        let Ok(s) = State::decode(self.state(slot).load(Ordering::Acquire)) else {
+            return false;
+        };
+        if s.stamp == stamp {
+            s.tag == Tag::Writing
+        } else {
+            offset.saturating_add(self.geo.capacity) >= tail
+                && (s.stamp.wrapping_sub(stamp) as i32) < 0
+        }
+    }
+
+    /// The state word of the slot at `tail` (what a producer that got
+    /// `Busy` waits to see change).
+    pub fn tail_slot_word(&self) -> u64 {
+        let (slot, _) = self.geo.split(self.tail());
+        self.state(slot).load(Ordering::Acquire)
+    }
+
     /// Whether a producer may append now as far as backpressure goes.
     pub fn has_room(&self) -> bool {
         self.limit().is_none_or(|limit| self.tail() < limit)
@@ -1192,6 +1322,13 @@ impl<'a, M: RingBytes> Partition<'a, M> {
             let pos = self.ctrl.tail.0.load(Ordering::Acquire);
             if pos >= MAX_OFFSET {
                 return Err(TopicError::Corrupt("tail out of range"));
+            }
+            // Pairs with `hold`'s fence (see there): a producer that misses
+            // a new hold took `tail` early enough to be harmless.
+            if self.geo.overflow == Overflow::Backpressure
+                && !mutant::active(Mutant::TopicHoldSkipFence)
+            {
+                fence(Ordering::SeqCst);
             }
             if !mutant::active(Mutant::TopicIgnoreBackpressure)
                 && self.limit().is_some_and(|limit| pos >= limit)
@@ -1311,12 +1448,15 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         let from = State::new(claim.stamp, Tag::Writing, claim.owner).word();
         let to = State::new(claim.stamp, Tag::Ready, 0).word();
         // Release: a reader that sees READY sees the record's words.
-        match self.state(claim.slot).compare_exchange(
-            from,
-            to,
+        let release = order(
             Ordering::Release,
+            Mutant::TopicPublishRelaxed,
             Ordering::Relaxed,
-        ) {
+        );
+        match self
+            .state(claim.slot)
+            .compare_exchange(from, to, release, Ordering::Relaxed)
+        {
             Ok(_) => Ok(claim.offset),
             Err(_) => {
                 self.ctrl
@@ -1366,14 +1506,33 @@ impl<'a, M: RingBytes> Partition<'a, M> {
     pub fn read(&self, offset: u64, out: &mut Vec<u8>) -> Result<Read, TopicError> {
         let (slot, stamp) = self.geo.split(offset);
         let state = self.state(slot);
-        let first = state.load(Ordering::Acquire);
+        // Acquire: pairs with the publish (Release), so the words copied
+        // below are the record's.
+        let first = state.load(order(
+            Ordering::Acquire,
+            Mutant::TopicReadRelaxed,
+            Ordering::Relaxed,
+        ));
         let s = State::decode(first)?;
-        let ahead = s.stamp.wrapping_sub(stamp) as i32;
-        if ahead < 0 {
-            return Ok(Read::Pending(Blocker::Idle(first)));
-        }
-        if ahead > 0 {
-            return Ok(self.lagged(offset));
+        if s.stamp != stamp {
+            // Another lap's record: not appended yet, or overwritten. The
+            // u64 `tail` decides (stamps are 32 bits and wrap).
+            let tail = self.tail();
+            if offset >= tail {
+                return Ok(Read::Pending(Blocker::Idle(first)));
+            }
+            // `offset + capacity` was claimed: its slot no longer holds
+            // `offset`'s record.
+            if offset.saturating_add(self.geo.capacity) < tail {
+                return Ok(self.lagged(offset));
+            }
+            // Within the last lap: the slot's stamp tells (a claim made
+            // between the two loads shows as pending).
+            return Ok(if (s.stamp.wrapping_sub(stamp) as i32) > 0 {
+                self.lagged(offset)
+            } else {
+                Read::Pending(Blocker::Idle(first))
+            });
         }
         match s.tag {
             Tag::Writing => {
@@ -1413,7 +1572,9 @@ impl<'a, M: RingBytes> Partition<'a, M> {
         // The seqlock's reader fence: if any word copied above was written
         // by a later claimant, the state loaded below shows its claim.
         if !mutant::active(Mutant::TopicSkipReaderRecheck) {
-            fence(Ordering::Acquire);
+            if !mutant::active(Mutant::TopicSkipReaderFence) {
+                fence(Ordering::Acquire);
+            }
             if state.load(Ordering::Relaxed) != first {
                 return Ok(self.lagged(offset));
             }
@@ -1426,7 +1587,7 @@ impl<'a, M: RingBytes> Partition<'a, M> {
 
     /// The answer for a reader at `offset` whose record was overwritten.
     fn lagged(&self, offset: u64) -> Read {
-        let resume = self.oldest().max(offset + 1);
+        let resume = self.oldest().max(offset.saturating_add(1));
         let lost = resume - offset;
         self.ctrl.counters.0.lost.fetch_add(lost, Ordering::Relaxed);
         Read::Lagged { lost, resume }
@@ -1457,20 +1618,27 @@ impl<'a, M: RingBytes> Partition<'a, M> {
             .collect()
     }
 
-    /// Turns `owner`'s WRITING claims into tombstones, each by CAS (a late
-    /// publish then fails), and wakes everyone. Returns the claims tombed.
-    fn repair_claims<F: Futex + ?Sized>(&self, owner: u32, futex: &F) -> Result<u64, TopicError> {
+    /// Turns the WRITING claims whose owner `which` picks into tombstones,
+    /// each by CAS (a late publish then fails), and wakes everyone.
+    /// Returns the claims tombed; a slot whose word does not decode is
+    /// left alone (it is reported to whoever reads or claims it).
+    fn tomb_claims<F: Futex + ?Sized>(&self, which: impl Fn(u32) -> bool, futex: &F) -> u64 {
         let mut tombed = 0;
         for slot in 0..self.geo.capacity {
             let state = self.state(slot);
             let word = state.load(Ordering::Acquire);
-            let s = State::decode(word)?;
-            if s.tag == Tag::Writing && s.owner == owner {
+            let Ok(s) = State::decode(word) else {
+                continue;
+            };
+            if s.tag == Tag::Writing && which(s.owner) {
                 let tomb = State::new(s.stamp, Tag::Tomb, 0).word();
-                if state
-                    .compare_exchange(word, tomb, Ordering::AcqRel, Ordering::Relaxed)
-                    .is_ok()
-                {
+                let order = if mutant::active(Mutant::TopicRepairPlainStore) {
+                    state.store(tomb, Ordering::Release);
+                    Ok(word)
+                } else {
+                    state.compare_exchange(word, tomb, Ordering::AcqRel, Ordering::Relaxed)
+                };
+                if order.is_ok() {
                     tombed += 1;
                 }
             }
@@ -1481,10 +1649,10 @@ impl<'a, M: RingBytes> Partition<'a, M> {
                 .0
                 .holes
                 .fetch_add(tombed, Ordering::Relaxed);
+            self.ctrl.data_wait.0.notify(futex);
+            self.ctrl.space_wait.0.notify(futex);
         }
-        self.ctrl.data_wait.0.notify(futex);
-        self.ctrl.space_wait.0.notify(futex);
-        Ok(tombed)
+        tombed
     }
 }
 
@@ -1498,7 +1666,7 @@ const STALE_LIMIT: u32 = 4;
 #[cfg(all(test, not(loom)))]
 mod tests {
     use super::*;
-    use crate::heap::{HeapRing, HeapTopic};
+    use crate::heap::{HeapRing, HeapTopic, NoFutex};
 
     fn inc(n: u32) -> Incarnation {
         Incarnation::new(n).unwrap()
@@ -1569,7 +1737,7 @@ mod tests {
         let p = t.partition(0);
         let dead = t
             .ctrl
-            .attach(11, |_| false, &t.partitions(), &crate::heap::NoFutex)
+            .attach(11, |_| false, &t.partitions(), &NoFutex)
             .unwrap();
         let claim = p.claim(dead.incarnation(), 3).unwrap();
         // A reader waits behind the claim and names its owner.
@@ -1582,7 +1750,7 @@ mod tests {
         assert!(matches!(p.claim(inc(2), 3), Err(TopicError::Busy(_))));
         let tombed = t
             .ctrl
-            .repair_dead(22, |h| h == 11, &t.partitions(), &crate::heap::NoFutex)
+            .repair_dead(22, |h| h == 11, &t.partitions(), &NoFutex)
             .unwrap();
         assert_eq!(tombed, 1);
         assert_eq!(p.read(0, &mut buf), Ok(Read::Hole));
@@ -1607,19 +1775,92 @@ mod tests {
         assert_eq!(p.append(inc(1), b"a"), Ok(0));
         assert_eq!(p.append(inc(1), b"b"), Ok(1));
         assert_eq!(p.append(inc(1), b"c"), Err(TopicError::Full));
-        p.commit(fast, 2, &crate::heap::NoFutex);
+        p.commit(fast, 2, &NoFutex);
         assert_eq!(p.append(inc(1), b"c"), Err(TopicError::Full));
-        p.commit(slow, 1, &crate::heap::NoFutex);
+        p.commit(slow, 1, &NoFutex);
         assert_eq!(p.append(inc(1), b"c"), Ok(2));
         assert_eq!(p.append(inc(1), b"d"), Err(TopicError::Full));
         // A slow group whose members are dead and idle past retention
         // (0 ms here) stops holding.
         assert!(t.ctrl.join(fast, 5, |_| false));
         assert!(t.ctrl.join(slow, 77, |_| false));
-        assert_eq!(t.ctrl.release_idle_groups(10_000, |_| false), 0);
-        assert_eq!(t.ctrl.release_idle_groups(10_000, |h| h == 77), 1);
+        assert_eq!(t.ctrl.release_idle_groups(1, 10_000, |_| false), 0);
+        assert_eq!(t.ctrl.release_idle_groups(1, 10_000, |h| h == 77), 1);
+        assert_eq!(t.ctrl.release_idle_groups(1, 10_000, |h| h == 77), 0);
+        assert_eq!(t.ctrl.groups_released(), 1);
         assert_eq!(p.append(inc(1), b"d"), Ok(3));
         assert_eq!(p.stats().overwrites, 0);
+    }
+
+    #[test]
+    fn claims_nobody_owns_are_tombed_and_a_scribbled_slot_does_not_stop_repair() {
+        let t = HeapTopic::new(2, 2, 8, Overflow::Overwrite);
+        let (p0, p1) = (t.partition(0), t.partition(1));
+        // Partition 0: one word that does not decode.
+        p0.state(1).store(0xFF << OWNER_BITS, Ordering::Relaxed);
+        // Partition 1: a claim of an incarnation no entry holds.
+        let orphan = p1.claim(inc(9), 1).unwrap();
+        let live = t
+            .ctrl
+            .attach(5, |_| false, &t.partitions(), &NoFutex)
+            .unwrap();
+        let kept = p1.claim(live.incarnation(), 1).unwrap();
+        assert_eq!(
+            t.ctrl.repair_dead(1, |_| false, &t.partitions(), &NoFutex),
+            Ok(1)
+        );
+        assert_eq!(p1.publish(orphan), Err(TopicError::ClaimRepaired));
+        assert_eq!(
+            p1.publish(kept),
+            Ok(1),
+            "a live participant's claim is left alone"
+        );
+    }
+
+    #[test]
+    fn detach_tombs_a_claim_left_behind() {
+        let t = HeapTopic::new(1, 2, 8, Overflow::Overwrite);
+        let p = t.partition(0);
+        let me = t
+            .ctrl
+            .attach(5, |_| false, &t.partitions(), &NoFutex)
+            .unwrap();
+        let left = p.claim(me.incarnation(), 1).unwrap();
+        t.ctrl.detach(&me, 5, &t.partitions(), &NoFutex);
+        assert_eq!(t.ctrl.participants(), 0);
+        assert_eq!(p.read(0, &mut Vec::new()), Ok(Read::Hole));
+        assert_eq!(p.publish(left), Err(TopicError::ClaimRepaired));
+    }
+
+    #[test]
+    fn a_reader_laps_behind_is_told_it_lagged_whatever_the_stamp_says() {
+        let t = HeapTopic::new(1, 1, 8, Overflow::Overwrite);
+        let p = t.partition(0);
+        // 2^31 + 1 records appended: the slot's stamp is 2^31 + 1 laps
+        // ahead of offset 0's, which a 32-bit comparison reads as behind.
+        let last = 1u64 << 31;
+        p.ctrl.tail.0.store(last + 1, Ordering::Relaxed);
+        p.state(0).store(
+            State::new((last + 1) as u32, Tag::Ready, 0).word(),
+            Ordering::Relaxed,
+        );
+        assert_eq!(
+            p.read(0, &mut Vec::new()),
+            Ok(Read::Lagged {
+                lost: last,
+                resume: last
+            })
+        );
+        assert_eq!(
+            p.read(last + 1, &mut Vec::new()),
+            Ok(Read::Pending(Blocker::Idle(
+                p.state(0).load(Ordering::Relaxed)
+            )))
+        );
+        assert!(matches!(
+            p.read(u64::MAX, &mut Vec::new()),
+            Ok(Read::Pending(_))
+        ));
     }
 
     #[test]

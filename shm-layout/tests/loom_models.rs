@@ -145,3 +145,18 @@ fn topic_reader_races_a_lapping_writer() {
 fn topic_backpressure_never_overwrites() {
     models::check(models::topic::backpressure_never_overwrites);
 }
+
+#[test]
+fn topic_one_look_reader() {
+    models::check(models::topic::one_look_reader);
+}
+
+#[test]
+fn topic_repair_races_a_publish() {
+    models::check(models::topic::repair_races_a_publish);
+}
+
+#[test]
+fn topic_hold_races_an_append() {
+    models::check(models::topic::hold_races_an_append);
+}

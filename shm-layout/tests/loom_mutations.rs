@@ -397,3 +397,48 @@ fn topic_ignoring_backpressure_overwrites_unread_records() {
         "lagged under backpressure",
     );
 }
+
+#[test]
+fn topic_reader_without_fence_misses_the_overwrite() {
+    must_fail(
+        Mutant::TopicSkipReaderFence,
+        models::topic::reader_races_a_lapping_writer,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_relaxed_first_load_reads_an_unwritten_record() {
+    must_fail(
+        Mutant::TopicReadRelaxed,
+        models::topic::one_look_reader,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_relaxed_publish_shows_an_unwritten_record() {
+    must_fail(
+        Mutant::TopicPublishRelaxed,
+        models::topic::one_look_reader,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_repair_by_plain_store_loses_an_acknowledged_record() {
+    must_fail(
+        Mutant::TopicRepairPlainStore,
+        models::topic::repair_races_a_publish,
+        "torn or lost",
+    );
+}
+
+#[test]
+fn topic_hold_without_fences_lets_a_producer_overwrite_the_cursor() {
+    must_fail(
+        Mutant::TopicHoldSkipFence,
+        models::topic::hold_races_an_append,
+        "lagged under backpressure",
+    );
+}

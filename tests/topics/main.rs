@@ -148,8 +148,8 @@ fn peer(role: &str) {
     }
 }
 
-/// Sends records for ever, logging `A partition offset generation seq`
-/// after each acknowledged send.
+/// Sends records for ever, logging `A partition offset generation seq .`
+/// after each acknowledged send (the dot marks a whole line).
 fn produce(topics: &mut TopicManager, topic: &str, generation: u64, log: &mut std::fs::File) {
     let len = topics.open(topic).expect("topic").stride() as usize;
     let mut producer = Producer::new(topic).with_timeout(None);
@@ -157,13 +157,13 @@ fn produce(topics: &mut TopicManager, topic: &str, generation: u64, log: &mut st
         let (p, offset) = producer
             .send(topics, &record(generation, seq, len))
             .expect("send");
-        log.write_all(format!("A {p} {offset} {generation} {seq}\n").as_bytes())
+        log.write_all(format!("A {p} {offset} {generation} {seq} .\n").as_bytes())
             .expect("log");
     }
 }
 
 /// Consumes for ever, logging every record delivered (`D partition offset
-/// generation seq`, or `T partition offset` for a torn one) before
+/// generation seq .`, or `T partition offset` for a torn one) before
 /// committing to the durable offset store; `L` lines for lags.
 fn consume(topics: &TopicManager, topic: &str, group: &str, log: &mut std::fs::File) {
     let mut offsets = FabricKvStore::open(&format!("{topic}-{group}")).expect("offset store");
@@ -179,7 +179,7 @@ fn consume(topics: &TopicManager, topic: &str, group: &str, log: &mut std::fs::F
                 let mut lines = String::new();
                 for (p, m) in &batch {
                     lines += &match parse(&m.payload) {
-                        Some((g, s)) => format!("D {p} {} {g} {s}\n", m.offset),
+                        Some((g, s)) => format!("D {p} {} {g} {s} .\n", m.offset),
                         None => format!("T {p} {}\n", m.offset),
                     };
                 }
@@ -249,6 +249,10 @@ struct Peers {
     logs: Vec<(String, PathBuf)>,
     /// Pids of peers spawned armed with a crash point.
     armed: Vec<u32>,
+    /// The crash point each armed peer was armed at, by pid.
+    arms: HashMap<u32, String>,
+    /// Peers that ended at their crash point, by point.
+    crashed_at: BTreeMap<String, u32>,
     deadline: Instant,
 }
 
@@ -263,6 +267,8 @@ impl Peers {
             running: Vec::new(),
             logs: Vec::new(),
             armed: Vec::new(),
+            arms: HashMap::new(),
+            crashed_at: BTreeMap::new(),
             deadline: Instant::now() + TEST_BUDGET,
         }
     }
@@ -278,13 +284,14 @@ impl Peers {
             .env(LOG_ENV, &log)
             .env(GEN_ENV, generation.to_string())
             .env(TOPIC_ENV, &self.topic);
-        let armed = arm.is_some();
-        if let Some(arm) = arm {
+        if let Some(arm) = &arm {
             cmd.env(CRASH_ENV, arm);
         }
         let child = cmd.spawn().expect("spawn a peer");
-        if armed {
+        if let Some(arm) = arm {
             self.armed.push(child.id());
+            let point = arm.split(':').next().unwrap_or_default().to_string();
+            self.arms.insert(child.id(), point);
         }
         self.running.push((role.to_string(), child));
         self.logs.push((role.to_string(), log));
@@ -307,7 +314,10 @@ impl Peers {
         let mut i = 0;
         while i < self.running.len() {
             if let Some(status) = self.running[i].1.try_wait().unwrap() {
-                let (role, _) = self.running.remove(i);
+                let (role, child) = self.running.remove(i);
+                if let Some(point) = self.arms.get(&child.id()) {
+                    *self.crashed_at.entry(point.clone()).or_default() += 1;
+                }
                 assert_eq!(
                     status.signal(),
                     Some(9),
@@ -375,13 +385,14 @@ impl Rng {
     }
 }
 
-/// Parsed `A`/`D` lines: `(partition, offset) -> (generation, seq)`.
+/// Parsed `A`/`D` lines (`TAG partition offset generation seq .`): `(partition, offset) -> (generation, seq)`; a line a SIGKILL cut short is skipped.
 fn records(lines: &[String], tag: &str) -> Vec<((u32, u64), (u64, u64))> {
     lines
         .iter()
         .filter_map(|l| {
             let f: Vec<&str> = l.split(' ').collect();
-            if f.len() != 5 || f[0] != tag {
+            // A line cut short by a SIGKILL mid-write lacks its final dot.
+            if f.len() != 6 || f[0] != tag || f[5] != "." {
                 return None;
             }
             Some((
@@ -445,7 +456,8 @@ fn kills(root: &Path) {
         kills += 1;
         // Every eighth producer comes back armed to die inside an append.
         let arm = (role == "producer" && kills % 8 == 0).then(|| {
-            let point = points[rng.next(2) as usize];
+            // At each point in turn.
+            let point = points[(kills / 8) as usize % 2];
             format!("{}:{}", point.name(), 1 + rng.next(300))
         });
         peers.spawn(&role, arm);
@@ -465,9 +477,13 @@ fn kills(root: &Path) {
     while let Some(i) = peers.running.iter().position(|(r, _)| r == "producer") {
         peers.kill(i);
     }
-    let acked: BTreeMap<(u32, u64), (u64, u64)> = records(&peers.lines("producer").concat(), "A")
-        .into_iter()
-        .collect();
+    let acks = records(&peers.lines("producer").concat(), "A");
+    let acked: BTreeMap<(u32, u64), (u64, u64)> = acks.iter().copied().collect();
+    assert_eq!(
+        acked.len(),
+        acks.len(),
+        "two sends acknowledged at one offset"
+    );
     assert!(
         acked.len() > 1000,
         "only {} sends acknowledged",
@@ -519,15 +535,31 @@ fn kills(root: &Path) {
         }
     }
     let described = topics.describe(topic).unwrap();
-    let holes: u64 = described.partitions.iter().map(|p| p.stats.holes).sum();
-    let overwrites: u64 = described
-        .partitions
-        .iter()
-        .map(|p| p.stats.overwrites)
-        .sum();
-    assert_eq!(overwrites, 0, "backpressure never overwrites");
-    assert!(crashes >= 1, "no armed producer reached its crash point");
-    assert!(holes >= 1, "no dead producer's claim was repaired");
+    let sum = |f: fn(&grafos_shm_layout::topic::PartitionStats) -> u64| -> u64 {
+        described.partitions.iter().map(|p| f(&p.stats)).sum()
+    };
+    assert_eq!(
+        sum(|s| s.lost),
+        0,
+        "a reader found a record overwritten under backpressure"
+    );
+    for point in points {
+        assert!(
+            peers.crashed_at.get(point.name()).is_some_and(|&n| n >= 1),
+            "no producer died at {}: {:?}",
+            point.name(),
+            peers.crashed_at
+        );
+    }
+    let holes = sum(|s| s.holes);
+    assert!(
+        sum(|s| s.tail_helps) >= 1,
+        "no producer helped `tail` past another's claim"
+    );
+    assert!(
+        holes >= u64::from(crashes),
+        "{crashes} producers died mid-append, {holes} holes repaired"
+    );
     println!(
         "  kills={kills} crash-point deaths={crashes} acknowledged={} holes={holes} repairs={}",
         acked.len(),

@@ -24,6 +24,9 @@ use crate::mq::offset::OffsetStore;
 
 /// Encoded bytes a store holds unless made larger.
 pub const DEFAULT_KV_BYTES: u32 = 256 << 10;
+/// TTL of a store's block lease (seconds); every write renews it once
+/// half of it has passed.
+pub const DEFAULT_KV_LEASE_SECS: u64 = 3600;
 
 type Entries = BTreeMap<String, Vec<u8>>;
 
@@ -81,11 +84,19 @@ impl FabricKvStore {
         };
         let lease = match existing.map(|id| BlockLease::open_in(instance, id)) {
             Some(Ok(lease)) => lease,
-            Some(Err(FabricError::UnknownLease(_) | FabricError::LeaseExpired(_))) | None => {
+            ended @ (Some(Err(FabricError::UnknownLease(_) | FabricError::LeaseExpired(_)))
+            | None) => {
+                if let Some(Err(e)) = ended {
+                    tracing::warn!(
+                        store = name,
+                        "the key-value store's lease ended ({e}): its entries are gone; starting empty"
+                    );
+                }
                 let bytes = 64 + 2 * (16 + u64::from(max_bytes));
                 let lease = BlockBuilder::new()
                     .instance(instance)
                     .min_blocks(bytes.div_ceil(BLOCK_SIZE))
+                    .lease_secs(DEFAULT_KV_LEASE_SECS)
                     .acquire()?;
                 let tmp = dir.join(format!(".{name}.tmp"));
                 std::fs::write(&tmp, format!("{}\n", lease.lease_id()))
@@ -161,7 +172,25 @@ impl FabricKvStore {
         let _lock = open_locked(&self.lock_path)?;
         let mut entries = self.entries()?;
         change(&mut entries);
-        self.durable.checkpoint(&entries)
+        self.durable.checkpoint(&entries)?;
+        let half = DEFAULT_KV_LEASE_SECS * 1000 / 2;
+        if self
+            .lease
+            .deadline_ms()
+            .saturating_sub(crate::host::unix_time_ms())
+            < half
+        {
+            self.lease.renew(DEFAULT_KV_LEASE_SECS)?;
+        }
+        Ok(())
+    }
+
+    /// Renews the store's lease for `lease_secs`.
+    ///
+    /// # Errors
+    /// Lease errors.
+    pub fn renew(&self, lease_secs: u64) -> Result<()> {
+        self.lease.renew(lease_secs)
     }
 }
 

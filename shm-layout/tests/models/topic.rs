@@ -119,3 +119,100 @@ pub fn backpressure_never_overwrites() {
     }
     producer.join().unwrap();
 }
+
+/// A reader thread reads offset 0 once while a producer appends it: the
+/// record whole, or nothing yet; never the slot's bytes from before the
+/// publish.
+pub fn one_look_reader() {
+    let heap = Held::new(HeapTopic::new(1, 2, 16, Overflow::Overwrite));
+    let reader = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            let mut buf = Vec::new();
+            let read = heap.partition(0).read(0, &mut buf).unwrap();
+            (read, buf)
+        })
+    };
+    append_spinning(&heap.partition(0), inc(1), &record(1));
+    let (read, buf) = reader.join().unwrap();
+    match read {
+        Read::Record => assert_eq!(
+            buf,
+            record(1),
+            "torn or lost: a record read before it was written"
+        ),
+        Read::Pending(_) => {}
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// A producer publishes while a repairer, judging it dead, tombs its
+/// claim: exactly one wins. A publish that returned Ok is read back; one
+/// refused leaves a hole; the next lap may take the slot either way.
+pub fn repair_races_a_publish() {
+    let heap = Held::new(HeapTopic::new(1, 1, 16, Overflow::Overwrite));
+    let member = heap
+        .ctrl
+        .attach(5, |_| false, &heap.partitions(), &NoFutex)
+        .unwrap();
+    let producer = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            let p = heap.partition(0);
+            let claim = p.claim(member.incarnation(), 16).unwrap();
+            p.fill(&claim, &record(1));
+            p.publish(claim)
+        })
+    };
+    let repairer = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            heap.ctrl
+                .repair_dead(1, |holder| holder == 5, &heap.partitions(), &NoFutex)
+                .unwrap()
+        })
+    };
+    let published = producer.join().unwrap();
+    repairer.join().unwrap();
+    let p = heap.partition(0);
+    let (read, buf) = read_spinning(&p, 0);
+    match published {
+        Ok(0) => {
+            assert_eq!(
+                read,
+                Read::Record,
+                "torn or lost: an acknowledged record was tombed"
+            );
+            assert_eq!(buf, record(1));
+        }
+        Err(TopicError::ClaimRepaired) => assert_eq!(read, Read::Hole),
+        other => panic!("unexpected publish {other:?}"),
+    }
+    assert_eq!(append_spinning(&p, inc(2), &record(2)), 1);
+}
+
+/// A group starts holding while a producer appends two records into a
+/// one-slot partition: the record at the group's first cursor is never
+/// overwritten before the group reads and commits it.
+pub fn hold_races_an_append() {
+    let heap = Held::new(HeapTopic::new(1, 1, 16, Overflow::Backpressure));
+    let group = heap.ctrl.group("g", 9, |_| false).unwrap();
+    let producer = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            let p = heap.partition(0);
+            append_spinning(&p, inc(1), &record(1));
+            append_spinning(&p, inc(1), &record(2));
+        })
+    };
+    heap.ctrl.hold(group, &heap.partitions());
+    let p = heap.partition(0);
+    let first = p.cursor(group);
+    if first < 2 {
+        let (read, buf) = read_spinning(&p, first);
+        assert_eq!(read, Read::Record, "lagged under backpressure");
+        assert_eq!(buf, record(first as u8 + 1), "torn or lost: wrong record");
+        p.commit(group, first + 1, &NoFutex);
+    }
+    producer.join().unwrap();
+}

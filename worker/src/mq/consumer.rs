@@ -48,6 +48,9 @@ pub struct Consumer {
     /// Where the next poll starts (fairness across partitions).
     turn: usize,
     lost: u64,
+    /// A lag found while a poll had records to return: reported by the
+    /// next poll (the position has moved on already).
+    pending_lag: Option<(u32, u64, u64)>,
 }
 
 impl Consumer {
@@ -61,6 +64,7 @@ impl Consumer {
             bound: None,
             turn: 0,
             lost: 0,
+            pending_lag: None,
         }
     }
 
@@ -91,22 +95,36 @@ impl Consumer {
     }
 
     /// The topic handle and group entry, bound on first use (joining the
-    /// group: it holds producers back under backpressure from now on).
+    /// group: it holds producers back under backpressure from now on). A
+    /// group found no longer holding (released as idle while this member
+    /// was silent) is made to hold again.
     fn bind(&mut self, topics: &TopicManager) -> Result<(Arc<Topic>, GroupId)> {
         if let Some((topic, group)) = &self.bound
             && topic.check().is_ok()
         {
+            if !topic.holds(*group) {
+                topic.join(*group)?;
+            }
             return Ok((Arc::clone(topic), *group));
         }
         let topic = topics.open(&self.topic)?;
-        let group = topic.group(&self.group)?;
-        topic.join(group);
         if let Some(&bad) = self.assigned.iter().find(|&&p| p >= topic.partitions()) {
             return Err(FabricError::InvalidArgument(format!(
                 "topic {} has {} partitions; there is no partition {bad}",
                 self.topic,
                 topic.partitions()
             )));
+        }
+        let group = topic.group(&self.group)?;
+        topic.join(group)?;
+        if let Some((old, old_group)) = self.bound.take() {
+            old.leave(old_group);
+            if old.lease_id() != topic.lease_id() {
+                // Another topic of the same name: old positions mean
+                // nothing in it.
+                self.positions.clear();
+                self.pending_lag = None;
+            }
         }
         self.bound = Some((Arc::clone(&topic), group));
         Ok((topic, group))
@@ -150,9 +168,20 @@ impl Consumer {
     /// # Errors
     /// `Lagged` when the next record of a partition was overwritten before
     /// it was read (the position moves on to the oldest record retained,
-    /// so the next poll goes on); `Topic` (`Corrupt`); lease errors.
+    /// so the next poll goes on; found after some records were read, it
+    /// comes with the next poll); `Topic` (`Corrupt`); lease errors. A
+    /// failure after some records were read returns them, and comes again
+    /// with the next poll.
     pub fn poll(&mut self, topics: &TopicManager, max: usize) -> Result<Vec<(u32, Message)>> {
         let (topic, group) = self.bind(topics)?;
+        if let Some((partition, lost, resume)) = self.pending_lag.take() {
+            return Err(FabricError::Lagged {
+                topic: self.topic.clone(),
+                partition,
+                lost,
+                resume,
+            });
+        }
         topic.touch(group);
         let mut out = Vec::new();
         let n = self.assigned.len();
@@ -161,48 +190,89 @@ impl Consumer {
                 break;
             }
             let p = self.assigned[(self.turn + i) % n];
-            let mut at = match self.positions.get(&p) {
-                Some(&at) => at,
-                None => topic.cursor(group, p)?.max(topic.tail(p)?),
-            };
-            while out.len() < max {
-                let mut payload = Vec::new();
-                match topic.read(p, at, &mut payload)? {
-                    Read::Record => {
-                        out.push((
-                            p,
-                            Message {
-                                offset: at,
-                                payload,
-                            },
-                        ));
-                        at += 1;
-                    }
-                    Read::Hole => at += 1,
-                    Read::Pending(_) => break,
-                    Read::Lagged { lost, resume } => {
-                        if !out.is_empty() {
-                            // Report it on the next poll, after what was read.
-                            break;
-                        }
-                        self.positions.insert(p, resume);
-                        self.lost += lost;
-                        self.turn = (self.turn + i + 1) % n;
-                        return Err(FabricError::Lagged {
-                            topic: self.topic.clone(),
-                            partition: p,
-                            lost,
-                            resume,
-                        });
-                    }
+            match self.poll_partition(&topic, group, p, max, &mut out) {
+                Ok(None) => {}
+                Ok(Some(lag)) if out.is_empty() => {
+                    self.turn = (self.turn + i + 1) % n;
+                    return Err(lag);
+                }
+                Ok(Some(FabricError::Lagged {
+                    partition,
+                    lost,
+                    resume,
+                    ..
+                })) => {
+                    // Reported by the next poll, after what was read.
+                    self.pending_lag = Some((partition, lost, resume));
+                    break;
+                }
+                Ok(Some(other)) => return Err(other),
+                // What was read is returned; the error comes again at
+                // the next poll (the position stays before it).
+                Err(_) if !out.is_empty() => break,
+                Err(e) => {
+                    self.turn = (self.turn + i + 1) % n;
+                    return Err(e);
                 }
             }
-            self.positions.insert(p, at);
         }
         if n > 0 {
             self.turn = (self.turn + 1) % n;
         }
         Ok(out)
+    }
+
+    /// Reads partition `p` into `out` up to `max` records in all, keeping
+    /// its position after what was read. A lag moves the position to the
+    /// oldest record retained and is returned.
+    ///
+    /// # Errors
+    /// A read failed (the position stays after the records read).
+    fn poll_partition(
+        &mut self,
+        topic: &Topic,
+        group: GroupId,
+        p: u32,
+        max: usize,
+        out: &mut Vec<(u32, Message)>,
+    ) -> Result<Option<FabricError>> {
+        let mut at = match self.positions.get(&p) {
+            Some(&at) => at,
+            None => topic.cursor(group, p)?.max(topic.tail(p)?),
+        };
+        let result = loop {
+            if out.len() >= max {
+                break Ok(None);
+            }
+            let mut payload = Vec::new();
+            match topic.read(p, at, &mut payload) {
+                Ok(Read::Record) => {
+                    out.push((
+                        p,
+                        Message {
+                            offset: at,
+                            payload,
+                        },
+                    ));
+                    at += 1;
+                }
+                Ok(Read::Hole) => at += 1,
+                Ok(Read::Pending(_)) => break Ok(None),
+                Ok(Read::Lagged { lost, resume }) => {
+                    self.lost += lost;
+                    at = resume;
+                    break Ok(Some(FabricError::Lagged {
+                        topic: self.topic.clone(),
+                        partition: p,
+                        lost,
+                        resume,
+                    }));
+                }
+                Err(e) => break Err(e),
+            }
+        };
+        self.positions.insert(p, at);
+        result
     }
 
     /// As [`Consumer::poll`], waiting up to `timeout` for a first record.

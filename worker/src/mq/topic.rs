@@ -136,10 +136,7 @@ impl TopicManager {
         config: TopicConfig,
         options: TopicOptions,
     ) -> Result<()> {
-        match self.make(name, config, options)? {
-            (_, true) => Ok(()),
-            (_, false) => Err(FabricError::AlreadyExists(format!("topic {name}"))),
-        }
+        self.make(name, config, options, true).map(|_| ())
     }
 
     /// Opens topic `name`, creating it as given if it does not exist (what
@@ -154,7 +151,8 @@ impl TopicManager {
         config: TopicConfig,
         options: TopicOptions,
     ) -> Result<bool> {
-        self.make(name, config, options).map(|(_, made)| made)
+        self.make(name, config, options, false)
+            .map(|(_, made)| made)
     }
 
     fn make(
@@ -162,6 +160,7 @@ impl TopicManager {
         name: &str,
         config: TopicConfig,
         options: TopicOptions,
+        must_be_new: bool,
     ) -> Result<(Arc<Topic>, bool)> {
         validate_name(name)?;
         let params = TopicParams::new(
@@ -176,7 +175,29 @@ impl TopicManager {
         let _lock = open_locked(&dir.join(".lock"))?;
         if let Some(id) = read_lease_id(&dir, name)? {
             match Topic::open_lease(&self.instance, name, id) {
-                Ok(topic) => return Ok((self.cache(name, topic), false)),
+                Ok(_) if must_be_new => {
+                    return Err(FabricError::AlreadyExists(format!("topic {name}")));
+                }
+                Ok(topic) => {
+                    let made = (
+                        topic.partitions(),
+                        topic.capacity(),
+                        topic.stride(),
+                        topic.overflow(),
+                    );
+                    let asked = (
+                        config.num_partitions,
+                        config.partition_capacity,
+                        config.partition_stride,
+                        options.overflow,
+                    );
+                    if made != asked {
+                        return Err(FabricError::InvalidArgument(format!(
+                            "topic {name} exists with (partitions, capacity, stride, overflow) = {made:?}, not {asked:?}"
+                        )));
+                    }
+                    return Ok((self.cache(name, topic), false));
+                }
                 // A topic whose lease ended is gone: make it anew.
                 Err(FabricError::UnknownLease(_) | FabricError::LeaseExpired(_)) => {}
                 Err(e) => return Err(e),
@@ -269,6 +290,10 @@ impl TopicManager {
         let _lock = open_locked(&dir.join(".lock"))?;
         let id = read_lease_id(&dir, name)?
             .ok_or_else(|| FabricError::NotFound(format!("topic {name}")))?;
+        if let Ok(topic) = Topic::open_lease(&self.instance, name, id) {
+            // Every handle, in every process, sees it at its next call.
+            topic.ctrl().mark_deleted();
+        }
         std::fs::remove_file(dir.join(name)).map_err(|e| FabricError::from_io(&e))?;
         self.open
             .lock()
@@ -415,8 +440,9 @@ pub struct Topic {
     ctrl: NonNull<TopicControl>,
     parts: Vec<(NonNull<PartitionControl>, MappedRing)>,
     geo: Geometry,
-    /// This process's participant entry, attached on first use.
-    member: OnceLock<Member>,
+    /// This process's participant entry, attached on first use, with the
+    /// pid that attached it (a forked child must not use its parent's).
+    member: OnceLock<(u32, Member)>,
     /// Held while attaching (once).
     attaching: Mutex<()>,
 }
@@ -586,9 +612,16 @@ impl Topic {
     /// Ok while the topic's lease is active.
     ///
     /// # Errors
-    /// `LeaseExpired`, `LeasePoisoned`.
+    /// `LeaseExpired`, `LeasePoisoned`; `NotFound` once deleted.
     pub fn check(&self) -> Result<()> {
-        self.backing.check()
+        self.backing.check()?;
+        if self.ctrl().is_deleted() {
+            return Err(FabricError::NotFound(format!(
+                "topic {} (deleted)",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     fn layout_error(&self, e: TopicError) -> FabricError {
@@ -599,19 +632,34 @@ impl Topic {
     }
 
     /// This process's participant entry, attached on first use.
+    ///
+    /// # Errors
+    /// `Topic` (`TooManyParticipants`, ...); `InvalidArgument` in a child
+    /// forked from the process that opened the handle (its incarnation is
+    /// the parent's: the child must open the topic itself).
     fn member(&self) -> Result<Member> {
-        if let Some(&m) = self.member.get() {
-            return Ok(m);
+        let own = |&(pid, m): &(u32, Member)| {
+            if pid == std::process::id() {
+                Ok(m)
+            } else {
+                Err(FabricError::InvalidArgument(format!(
+                    "topic {}: a handle opened by process {pid} is used after a fork; open the topic again",
+                    self.name
+                )))
+            }
+        };
+        if let Some(entry) = self.member.get() {
+            return own(entry);
         }
         let _attaching = self.attaching.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(&m) = self.member.get() {
-            return Ok(m);
+        if let Some(entry) = self.member.get() {
+            return own(entry);
         }
         let m = self
             .ctrl()
             .attach(me(), is_dead, &self.all(), &LinuxFutex)
             .map_err(|e| self.layout_error(e))?;
-        let _ = self.member.set(m);
+        let _ = self.member.set((std::process::id(), m));
         Ok(m)
     }
 
@@ -639,7 +687,8 @@ impl Topic {
                     std::thread::yield_now();
                 }
                 Err(TopicError::Full) => {
-                    self.ctrl().release_idle_groups(unix_time_ms(), is_dead);
+                    self.ctrl()
+                        .release_idle_groups(me(), unix_time_ms(), is_dead);
                     let slice = slice_until(deadline)
                         .ok_or_else(|| self.layout_error(TopicError::TimedOut))?;
                     part.space_wait_point().wait_until(
@@ -650,10 +699,20 @@ impl Topic {
                         || part.has_room(),
                     );
                 }
-                Err(TopicError::Busy(Blocker::Claimed { owner, .. })) => {
+                // A producer a lap behind still writes the slot: repair it
+                // if it is dead, else sleep until its publish (which wakes
+                // the data wait point) or a liveness period.
+                Err(TopicError::Busy(Blocker::Claimed { owner, word })) => {
                     self.repair_if_dead(self.ctrl().holder_of(owner))?;
-                    slice_until(deadline).ok_or_else(|| self.layout_error(TopicError::TimedOut))?;
-                    std::thread::yield_now();
+                    let slice = slice_until(deadline)
+                        .ok_or_else(|| self.layout_error(TopicError::TimedOut))?;
+                    part.data_wait_point().wait_until(
+                        &LinuxFutex,
+                        member.waiter(),
+                        64,
+                        Some(slice),
+                        || part.tail_slot_word() != word,
+                    );
                 }
                 Err(e) => return Err(self.layout_error(e)),
             }
@@ -746,7 +805,7 @@ impl Topic {
         let slice = Instant::now() + LIVENESS_PERIOD;
         let until = deadline.map_or(slice, |d| d.min(slice));
         wait_any(&LinuxFutex, &points, member.waiter(), Some(until), || {
-            parts.iter().any(|(p, at)| p.tail() > *at)
+            parts.iter().any(|(p, at)| !p.pending(*at))
         });
     }
 
@@ -759,11 +818,30 @@ impl Topic {
 
     /// Records this process as a member of `group` and makes the group
     /// hold producers back (backpressure).
-    pub(crate) fn join(&self, group: GroupId) {
-        let ctrl = self.ctrl();
-        ctrl.join(group, me(), is_dead);
-        ctrl.touch(group, unix_time_ms());
-        ctrl.hold(group, &self.all());
+    ///
+    /// # Errors
+    /// `Topic(AdminBusy)` if a live process held the admin lock for a
+    /// second.
+    pub(crate) fn join(&self, group: GroupId) -> Result<()> {
+        let recorded = self
+            .ctrl()
+            .enter(group, me(), is_dead, unix_time_ms(), &self.all())
+            .map_err(|e| self.layout_error(e))?;
+        if !recorded {
+            tracing::warn!(
+                topic = %self.name,
+                "every member entry of the group is held by a live process; \
+                 this member keeps the group holding only while it polls"
+            );
+        }
+        Ok(())
+    }
+
+    /// Whether `group` holds producers back now (always true when the
+    /// topic overwrites: nothing to hold).
+    pub(crate) fn holds(&self, group: GroupId) -> bool {
+        self.geo.overflow != Overflow::Backpressure
+            || self.ctrl().holding() & (1 << group.index()) != 0
     }
 
     /// Removes one membership of this process from `group`.
@@ -851,8 +929,10 @@ impl Topic {
 
 impl Drop for Topic {
     fn drop(&mut self) {
-        if let Some(m) = self.member.get() {
-            self.ctrl().detach(m, me(), &self.all());
+        if let Some((pid, m)) = self.member.get()
+            && *pid == std::process::id()
+        {
+            self.ctrl().detach(m, me(), &self.all(), &LinuxFutex);
         }
     }
 }
