@@ -275,7 +275,9 @@ impl Consumer {
         result
     }
 
-    /// As [`Consumer::poll`], waiting up to `timeout` for a first record.
+    /// As [`Consumer::poll`], waiting up to `timeout` for a first record
+    /// (asleep on the first eight assigned partitions' wait points; others
+    /// are looked at every 10 ms).
     ///
     /// # Errors
     /// As [`Consumer::poll`].
