@@ -6,7 +6,9 @@
 //!   (the bare cost of an append, two producers contending for `tail`);
 //! * append -> poll: producers append to a backpressure topic whose one
 //!   consumer group (this process) polls batches of up to 1024 records
-//!   and commits each batch; the rate is records polled per second;
+//!   and commits each batch; the rate is records polled per second; with
+//!   `poll` (a `Vec` per record) and with `poll_with` (each record handed
+//!   over in one reused buffer);
 //! * FabricQueue push -> pop: the same producers push to a FabricQueue of
 //!   as many slots, this process pops.
 //!
@@ -143,8 +145,16 @@ fn append_only(topics: &mut TopicManager, name: &str, size: usize, producers: u6
 }
 
 /// Records polled per second from a backpressure topic fed by
-/// `producers` processes.
-fn append_poll(topics: &mut TopicManager, name: &str, size: usize, producers: u64, n: u64) -> f64 {
+/// `producers` processes, through `poll` (a `Vec` per record) or, with
+/// `borrowed`, `poll_with` (one reused buffer).
+fn append_poll(
+    topics: &mut TopicManager,
+    name: &str,
+    size: usize,
+    producers: u64,
+    n: u64,
+    borrowed: bool,
+) -> f64 {
     let options = TopicOptions {
         overflow: Overflow::Backpressure,
         ..TopicOptions::default()
@@ -164,12 +174,21 @@ fn append_poll(topics: &mut TopicManager, name: &str, size: usize, producers: u6
     let mut got = 0;
     let mut bytes = 0;
     while got < total {
-        let batch = consumer
-            .poll_timeout(topics, 1024, Duration::from_secs(10))
-            .expect("poll");
-        assert!(!batch.is_empty(), "producers stalled");
-        got += batch.len() as u64;
-        bytes += batch.iter().map(|(_, m)| m.payload.len()).sum::<usize>();
+        let polled = if borrowed {
+            consumer
+                .poll_with_timeout(topics, 1024, Duration::from_secs(10), |_, _, payload| {
+                    bytes += payload.len()
+                })
+                .expect("poll")
+        } else {
+            let batch = consumer
+                .poll_timeout(topics, 1024, Duration::from_secs(10))
+                .expect("poll");
+            bytes += batch.iter().map(|(_, m)| m.payload.len()).sum::<usize>();
+            batch.len()
+        };
+        assert!(polled > 0, "producers stalled");
+        got += polled as u64;
         consumer.commit(&mut offsets);
     }
     let elapsed = unix_ns() - start;
@@ -207,38 +226,33 @@ pub(crate) fn topic_table(runs: usize, scale: u64) {
     let mut topics = TopicManager::new();
     println!("## Topic partition throughput (M records/s; producers in processes of their own)\n");
     println!(
-        "| size | producers | append only (overwrite) | append -> poll + commit (backpressure) | FabricQueue push -> pop | poll / queue |"
+        "| size | producers | append only (overwrite) | append -> poll + commit (backpressure) | append -> poll_with + commit | FabricQueue push -> pop | poll / queue | poll_with / queue |"
     );
-    println!("|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     let mut row = 0;
     for size in SIZES {
         let n = (if size == 64 { 4_000_000 } else { 2_000_000 }) / scale;
         for producers in [1u64, 2] {
-            let (mut appends, mut polls, mut queues) = (Vec::new(), Vec::new(), Vec::new());
+            let (mut appends, mut polls, mut borrowed, mut queues) =
+                (Vec::new(), Vec::new(), Vec::new(), Vec::new());
             for _ in 0..runs {
                 row += 1;
-                appends.push(append_only(
-                    &mut topics,
-                    &format!("a{row}"),
-                    size,
-                    producers,
-                    n,
-                ));
-                polls.push(append_poll(
-                    &mut topics,
-                    &format!("p{row}"),
-                    size,
-                    producers,
-                    n,
-                ));
+                let (a, p, b) = (format!("a{row}"), format!("p{row}"), format!("b{row}"));
+                appends.push(append_only(&mut topics, &a, size, producers, n));
+                polls.push(append_poll(&mut topics, &p, size, producers, n, false));
+                borrowed.push(append_poll(&mut topics, &b, size, producers, n, true));
                 queues.push(queue_row(size, producers, n));
             }
-            let ratio = median(polls.iter().zip(&queues).map(|(p, q)| p / q).collect());
+            let ratio =
+                |ours: &[f64]| median(ours.iter().zip(&queues).map(|(o, q)| o / q).collect());
             println!(
-                "| {size} B | {producers} | {:.2} | {:.2} | {:.2} | {ratio:.2}x |",
+                "| {size} B | {producers} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2}x | {:.2}x |",
                 median(appends) / 1e6,
-                median(polls) / 1e6,
-                median(queues) / 1e6
+                median(polls.clone()) / 1e6,
+                median(borrowed.clone()) / 1e6,
+                median(queues.clone()) / 1e6,
+                ratio(&polls),
+                ratio(&borrowed),
             );
         }
     }

@@ -77,7 +77,7 @@ pub fn topic_round_trip() -> SeedResult {
 }
 
 /// Keyed sends keep a key in one partition, in order; a second group
-/// reads the same records independently (fan-out).
+/// reads the same records independently (fan-out), through `poll_with`.
 pub fn keyed_sends_stay_in_order_for_every_group() -> SeedResult {
     let mut topics = TopicManager::new();
     topics.create(
@@ -100,8 +100,20 @@ pub fn keyed_sends_stay_in_order_for_every_group() -> SeedResult {
         consumer.seek(&topics, &offsets, SeekPolicy::Earliest)?;
         let mut seen: std::collections::HashMap<String, Vec<u32>> = Default::default();
         let mut partition_of = std::collections::HashMap::new();
-        for (p, m) in consumer.poll(&topics, 1000)? {
-            let text = String::from_utf8(m.payload)?;
+        // Group b takes its records through `poll_with` (one reused buffer).
+        let polled: Vec<(u32, Vec<u8>)> = if group == "a" {
+            let got = consumer.poll(&topics, 1000)?;
+            got.into_iter().map(|(p, m)| (p, m.payload)).collect()
+        } else {
+            let mut got = Vec::new();
+            let n =
+                consumer.poll_with(&topics, 1000, |p, _, bytes| got.push((p, bytes.to_vec())))?;
+            assert_eq!(n, got.len());
+            got
+        };
+        assert_eq!(polled.len(), 30, "group {group} got every record");
+        for (p, payload) in polled {
+            let text = String::from_utf8(payload)?;
             let (key, i) = text.split_once(':').expect("key:i");
             assert_eq!(
                 *partition_of.entry(key.to_string()).or_insert(p),

@@ -173,6 +173,41 @@ impl Consumer {
     /// failure after some records were read returns them, and comes again
     /// with the next poll.
     pub fn poll(&mut self, topics: &TopicManager, max: usize) -> Result<Vec<(u32, Message)>> {
+        let mut out = Vec::new();
+        self.poll_each(topics, max, |partition, offset, payload| {
+            let payload = std::mem::take(payload);
+            out.push((partition, Message { offset, payload }));
+        })?;
+        Ok(out)
+    }
+
+    /// As [`Consumer::poll`], handing each record to `f` as `(partition,
+    /// offset, bytes)` instead of returning it: the bytes are a copy
+    /// already checked whole, in one buffer reused from record to record,
+    /// so nothing is allocated per record. Returns the records handed over.
+    ///
+    /// # Errors
+    /// As [`Consumer::poll`].
+    pub fn poll_with(
+        &mut self,
+        topics: &TopicManager,
+        max: usize,
+        mut f: impl FnMut(u32, u64, &[u8]),
+    ) -> Result<usize> {
+        self.poll_each(topics, max, |partition, offset, payload| {
+            f(partition, offset, payload);
+        })
+    }
+
+    /// Reads up to `max` records round-robin over the assigned partitions,
+    /// handing each to `sink` (which may take the buffer); returns how
+    /// many.
+    fn poll_each(
+        &mut self,
+        topics: &TopicManager,
+        max: usize,
+        mut sink: impl FnMut(u32, u64, &mut Vec<u8>),
+    ) -> Result<usize> {
         let (topic, group) = self.bind(topics)?;
         if let Some((partition, lost, resume)) = self.pending_lag.take() {
             return Err(FabricError::Lagged {
@@ -183,16 +218,17 @@ impl Consumer {
             });
         }
         topic.touch(group);
-        let mut out = Vec::new();
+        let mut got = 0;
+        let mut buf = Vec::new();
         let n = self.assigned.len();
         for i in 0..n {
-            if out.len() >= max {
+            if got >= max {
                 break;
             }
             let p = self.assigned[(self.turn + i) % n];
-            match self.poll_partition(&topic, group, p, max, &mut out) {
+            match self.poll_partition(&topic, group, p, max, &mut got, &mut buf, &mut sink) {
                 Ok(None) => {}
-                Ok(Some(lag)) if out.is_empty() => {
+                Ok(Some(lag)) if got == 0 => {
                     self.turn = (self.turn + i + 1) % n;
                     return Err(lag);
                 }
@@ -207,9 +243,9 @@ impl Consumer {
                     break;
                 }
                 Ok(Some(other)) => return Err(other),
-                // What was read is returned; the error comes again at
+                // What was read is handed over; the error comes again at
                 // the next poll (the position stays before it).
-                Err(_) if !out.is_empty() => break,
+                Err(_) if got > 0 => break,
                 Err(e) => {
                     self.turn = (self.turn + i + 1) % n;
                     return Err(e);
@@ -219,41 +255,38 @@ impl Consumer {
         if n > 0 {
             self.turn = (self.turn + 1) % n;
         }
-        Ok(out)
+        Ok(got)
     }
 
-    /// Reads partition `p` into `out` up to `max` records in all, keeping
+    /// Reads partition `p` into `sink` while `got` is below `max`, keeping
     /// its position after what was read. A lag moves the position to the
     /// oldest record retained and is returned.
     ///
     /// # Errors
     /// A read failed (the position stays after the records read).
+    #[allow(clippy::too_many_arguments)] // one call site, all of them state
     fn poll_partition(
         &mut self,
         topic: &Topic,
         group: GroupId,
         p: u32,
         max: usize,
-        out: &mut Vec<(u32, Message)>,
+        got: &mut usize,
+        buf: &mut Vec<u8>,
+        sink: &mut impl FnMut(u32, u64, &mut Vec<u8>),
     ) -> Result<Option<FabricError>> {
         let mut at = match self.positions.get(&p) {
             Some(&at) => at,
             None => topic.cursor(group, p)?.max(topic.tail(p)?),
         };
         let result = loop {
-            if out.len() >= max {
+            if *got >= max {
                 break Ok(None);
             }
-            let mut payload = Vec::new();
-            match topic.read(p, at, &mut payload) {
+            match topic.read(p, at, buf) {
                 Ok(Read::Record) => {
-                    out.push((
-                        p,
-                        Message {
-                            offset: at,
-                            payload,
-                        },
-                    ));
+                    sink(p, at, buf);
+                    *got += 1;
                     at += 1;
                 }
                 Ok(Read::Hole) => at += 1,
@@ -294,25 +327,60 @@ impl Consumer {
             if !got.is_empty() || deadline.is_some_and(|d| Instant::now() >= d) {
                 return Ok(got);
             }
-            // With more processes than cores, giving the CPU to a producer
-            // is quicker than a futex round trip.
-            if yields < WAIT_YIELDS {
-                yields += 1;
-                std::thread::yield_now();
-                continue;
-            }
-            let (topic, _) = self.bind(topics)?;
-            let waiting: Vec<(u32, u64)> = self
-                .assigned
-                .iter()
-                .filter_map(|&p| Some((p, *self.positions.get(&p)?)))
-                .collect();
-            if waiting.is_empty() {
-                std::thread::sleep(Duration::from_millis(10).min(timeout));
-            } else {
-                topic.wait_for_data(&waiting, deadline);
-            }
+            self.wait(topics, &mut yields, deadline)?;
         }
+    }
+
+    /// As [`Consumer::poll_with`], waiting up to `timeout` for a first
+    /// record.
+    ///
+    /// # Errors
+    /// As [`Consumer::poll`].
+    pub fn poll_with_timeout(
+        &mut self,
+        topics: &TopicManager,
+        max: usize,
+        timeout: Duration,
+        mut f: impl FnMut(u32, u64, &[u8]),
+    ) -> Result<usize> {
+        let deadline = Instant::now().checked_add(timeout);
+        let mut yields = 0;
+        loop {
+            let got = self.poll_with(topics, max, &mut f)?;
+            if got > 0 || deadline.is_some_and(|d| Instant::now() >= d) {
+                return Ok(got);
+            }
+            self.wait(topics, &mut yields, deadline)?;
+        }
+    }
+
+    /// One wait of a blocked poll: a yield while `yields` lasts (with more
+    /// processes than cores, giving the CPU to a producer is quicker than
+    /// a futex round trip), then a sleep until a record may be readable,
+    /// a liveness period, or `deadline`.
+    fn wait(
+        &mut self,
+        topics: &TopicManager,
+        yields: &mut u32,
+        deadline: Option<Instant>,
+    ) -> Result<()> {
+        if *yields < WAIT_YIELDS {
+            *yields += 1;
+            std::thread::yield_now();
+            return Ok(());
+        }
+        let (topic, _) = self.bind(topics)?;
+        let waiting: Vec<(u32, u64)> = self
+            .assigned
+            .iter()
+            .filter_map(|&p| Some((p, *self.positions.get(&p)?)))
+            .collect();
+        if waiting.is_empty() {
+            std::thread::sleep(Duration::from_millis(10));
+        } else {
+            topic.wait_for_data(&waiting, deadline);
+        }
+        Ok(())
     }
 
     /// Commits the positions after everything polled: saves them in
