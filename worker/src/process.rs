@@ -1,7 +1,8 @@
 //! Process identities that survive pid reuse.
 
 use std::fmt;
-use std::sync::OnceLock;
+use std::sync::Once;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 /// A process: its pid and its start time (clock ticks after boot), packed
 /// into a non-zero `u64` for role words in shared memory:
@@ -91,11 +92,45 @@ impl fmt::Display for ProcessId {
     }
 }
 
-/// The calling process's packed identity (cached), for role and holder
-/// words.
+/// Forks of this process image so far, as seen by each child (a child's
+/// count is its parent's plus one): what tells a forked child that
+/// identities cached by its parent are not its own.
+static FORKS: AtomicU64 = AtomicU64::new(0);
+
+extern "C" fn forked_child() {
+    // Runs in the child right after `fork`; an atomic add is
+    // async-signal-safe.
+    FORKS.fetch_add(1, Ordering::Relaxed);
+}
+
+/// The number of forks between the original process image and this
+/// process (0 unless this is a forked child): cheap to compare with a
+/// value cached earlier.
+pub(crate) fn fork_generation() -> u64 {
+    static REGISTER: Once = Once::new();
+    REGISTER.call_once(|| {
+        // SAFETY: registers a child handler that only does an atomic add;
+        // the function lives as long as the program.
+        let rc = unsafe { libc::pthread_atfork(None, None, Some(forked_child)) };
+        assert_eq!(rc, 0, "pthread_atfork failed");
+    });
+    FORKS.load(Ordering::Relaxed)
+}
+
+/// The calling process's packed identity (cached, and worked out again in
+/// a forked child), for role and holder words.
 pub(crate) fn me() -> u64 {
-    static ME: OnceLock<u64> = OnceLock::new();
-    *ME.get_or_init(|| ProcessId::current().pack())
+    static TOKEN: AtomicU64 = AtomicU64::new(0);
+    static GENERATION: AtomicU64 = AtomicU64::new(0);
+    let generation = fork_generation();
+    let token = TOKEN.load(Ordering::Acquire);
+    if token != 0 && GENERATION.load(Ordering::Acquire) == generation {
+        return token;
+    }
+    let token = ProcessId::current().pack();
+    GENERATION.store(generation, Ordering::Release);
+    TOKEN.store(token, Ordering::Release);
+    token
 }
 
 /// Whether the process a packed identity names is gone.

@@ -27,7 +27,7 @@ use crate::host::unix_time_ms;
 use crate::instance::{InstancePaths, instance_from_env, open_locked};
 use crate::mapped::{Backing, MappedRing};
 use crate::mem::{MemBuilder, MemLease};
-use crate::process::{is_dead, me};
+use crate::process::{fork_generation, is_dead, me};
 use crate::segment::Segment;
 
 /// Lease TTL of a topic made without options (seconds).
@@ -441,8 +441,9 @@ pub struct Topic {
     parts: Vec<(NonNull<PartitionControl>, MappedRing)>,
     geo: Geometry,
     /// This process's participant entry, attached on first use, with the
-    /// pid that attached it (a forked child must not use its parent's).
-    member: OnceLock<(u32, Member)>,
+    /// fork generation that attached it (a forked child must not use its
+    /// parent's).
+    member: OnceLock<(u64, Member)>,
     /// Held while attaching (once).
     attaching: Mutex<()>,
 }
@@ -638,12 +639,12 @@ impl Topic {
     /// forked from the process that opened the handle (its incarnation is
     /// the parent's: the child must open the topic itself).
     fn member(&self) -> Result<Member> {
-        let own = |&(pid, m): &(u32, Member)| {
-            if pid == std::process::id() {
+        let own = |&(generation, m): &(u64, Member)| {
+            if generation == fork_generation() {
                 Ok(m)
             } else {
                 Err(FabricError::InvalidArgument(format!(
-                    "topic {}: a handle opened by process {pid} is used after a fork; open the topic again",
+                    "topic {}: a handle opened before a fork is used in the child; open the topic again",
                     self.name
                 )))
             }
@@ -659,7 +660,7 @@ impl Topic {
             .ctrl()
             .attach(me(), is_dead, &self.all(), &LinuxFutex)
             .map_err(|e| self.layout_error(e))?;
-        let _ = self.member.set((std::process::id(), m));
+        let _ = self.member.set((fork_generation(), m));
         Ok(m)
     }
 
@@ -929,8 +930,8 @@ impl Topic {
 
 impl Drop for Topic {
     fn drop(&mut self) {
-        if let Some((pid, m)) = self.member.get()
-            && *pid == std::process::id()
+        if let Some((generation, m)) = self.member.get()
+            && *generation == fork_generation()
         {
             self.ctrl().detach(m, me(), &self.all(), &LinuxFutex);
         }
