@@ -127,6 +127,17 @@ fn slowest(children: Vec<Child>) -> u64 {
         .unwrap_or(1)
 }
 
+/// Pins this process (the consumer) to CPU 1 beside one producer on CPU
+/// 0, or lets it run on either CPU beside two producers on both.
+fn pin_consumer(producers: u64) {
+    let mut set = rustix::thread::CpuSet::new();
+    set.set(1);
+    if producers > 1 {
+        set.set(0);
+    }
+    rustix::thread::sched_setaffinity(None, &set).expect("sched_setaffinity");
+}
+
 fn config(size: usize) -> TopicConfig {
     TopicConfig {
         num_partitions: 1,
@@ -168,9 +179,7 @@ fn append_poll(
         .seek(topics, &offsets, SeekPolicy::Earliest)
         .unwrap();
     let (children, start) = start_producers("topic-append", name, producers, n, size);
-    if producers == 1 {
-        pin(1);
-    }
+    pin_consumer(producers);
     let mut got = 0;
     let mut bytes = 0;
     while got < total {
@@ -207,9 +216,7 @@ fn queue_row(size: usize, producers: u64, n: u64) -> f64 {
         FabricQueue::create(&name, &QueueConfig::new(slots_for(size), size as u64)).unwrap();
     let total = n / producers * producers;
     let (children, start) = start_producers("queue-push", &object_of(&name), producers, n, size);
-    if producers == 1 {
-        pin(1);
-    }
+    pin_consumer(producers);
     let mut buf = vec![0u8; size];
     for _ in 0..total {
         let record = queue.pop_ref(Some(Duration::from_secs(10))).expect("pop");

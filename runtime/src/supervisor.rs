@@ -1207,33 +1207,51 @@ impl Supervisor {
     }
 
     /// The claim watch over topics (mapped by `watch_pins`' refresh): a
-    /// producer dead holding a claim gets it repaired; one stopped holding
-    /// it past the claim-age limit gets killed, and repaired on a later
-    /// pass. Claims seen are added to `seen`, keyed by topic object and
-    /// partition.
+    /// producer dead holding a claim gets it repaired; one seen stopped
+    /// holding it, scan after scan, past the claim-age limit gets killed
+    /// (and repaired on a later pass), and so does a process seen stopped
+    /// holding a topic's admin lock that long. Claims seen are added to
+    /// `seen`, keyed by topic object and partition; the time counts only
+    /// while the holder is seen stopped (a slow producer is not a stuck
+    /// one).
     fn watch_topic_claims(
         &mut self,
         now: Instant,
         seen: &mut BTreeMap<(String, u64, u64), Instant>,
     ) {
         let mut stuck = Vec::new();
-        let mut repair = false;
+        let mut repair = BTreeSet::new();
         for (object, topic) in &self.watched_topics {
+            let mut held = Vec::new();
             for (partition, claim) in topic.claims() {
-                let holder = topic.holder_of(&claim);
+                held.push((
+                    format!("{object}/{partition}"),
+                    claim.slot,
+                    claim.word,
+                    topic.holder_of(&claim),
+                ));
+            }
+            let admin = topic.admin_holder();
+            if admin != 0 {
+                held.push((format!("{object}/admin"), 0, admin, admin));
+            }
+            for (key, slot, word, holder) in held {
                 if holder == 0 {
-                    repair = true;
+                    repair.insert(object.clone());
                     continue;
                 }
-                let key = (format!("{object}/{partition}"), claim.slot, claim.word);
-                let first = self.claims_seen.get(&key).copied().unwrap_or(now);
-                seen.insert(key, first);
                 let holder = ProcessId::unpack(holder);
                 if !holder.is_alive() {
-                    repair = true;
-                } else if now.duration_since(first) >= self.config.claim_age_limit
-                    && holder.is_stopped()
-                {
+                    repair.insert(object.clone());
+                    continue;
+                }
+                if !holder.is_stopped() {
+                    continue;
+                }
+                let key = (key, slot, word);
+                let first = self.claims_seen.get(&key).copied().unwrap_or(now);
+                seen.insert(key, first);
+                if now.duration_since(first) >= self.config.claim_age_limit {
                     stuck.push((holder, object.clone(), now.duration_since(first)));
                 }
             }
@@ -1243,19 +1261,27 @@ impl Supervisor {
                 self.kill_stuck(holder, &object, held, StuckKind::Claimer);
             }
         }
-        if repair {
-            self.repair_topics();
+        for object in repair {
+            self.repair_topic(&object);
         }
     }
 
     /// Repairs the dead producers of every topic seen at the last refresh.
     fn repair_topics(&self) {
-        for (object, topic) in &self.watched_topics {
-            match topic.repair_dead() {
-                Ok(tombed) => self.counters().add(Counter::TopicClaimsRepaired, tombed),
-                Err(FabricError::Topic { .. }) | Err(FabricError::LeaseExpired(_)) => {}
-                Err(e) => tracing::warn!(topic = %object, "topic repair: {e}"),
-            }
+        for object in self.watched_topics.keys() {
+            self.repair_topic(object);
+        }
+    }
+
+    /// Repairs the dead producers of topic `object` (mapped).
+    fn repair_topic(&self, object: &str) {
+        let Some(topic) = self.watched_topics.get(object) else {
+            return;
+        };
+        match topic.repair_dead() {
+            Ok(tombed) => self.counters().add(Counter::TopicClaimsRepaired, tombed),
+            Err(FabricError::Topic { .. } | FabricError::LeaseExpired(_)) => {}
+            Err(e) => tracing::warn!(topic = %object, "topic repair: {e}"),
         }
     }
 

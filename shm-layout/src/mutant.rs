@@ -108,10 +108,12 @@ pub enum Mutant {
     /// Backpressure is not checked: producers take slots of records a
     /// holding group has not committed.
     TopicIgnoreBackpressure,
-    /// A group starts holding without the SeqCst fences between the bit
-    /// and `tail` (and with its cursor at the oldest record a producer
-    /// that missed the bit may take over).
+    /// A group starts holding, and producers check the bits, without the
+    /// SeqCst fences between the bit and `tail`.
     TopicHoldSkipFence,
+    /// A group starts holding with its cursor at the oldest record a
+    /// producer that missed the bit may still take over.
+    TopicHoldOldestCursor,
     /// Repair tombs a claim with a plain store instead of a CAS (a
     /// publish racing it is overwritten: acknowledged, then lost).
     TopicRepairPlainStore,

@@ -253,8 +253,13 @@ pub struct TopicParams {
     pub overflow: u64,
     /// How long a group with no live member keeps holding producers back.
     pub group_retention_ms: u64,
+    /// The lease the topic was made in (a copy of a topic's bytes in
+    /// another lease, a stored object say, is not taken for a topic).
+    pub lease_id: u64,
+    /// The TTL (seconds) the topic's lease is renewed for.
+    pub lease_secs: u64,
     /// Reserved, zero.
-    pub reserved: [u64; 9],
+    pub reserved: [u64; 7],
 }
 
 impl TopicParams {
@@ -287,7 +292,9 @@ impl TopicParams {
             slot_size: (SLOT_HEADER + stride).next_multiple_of(8),
             overflow: overflow.raw(),
             group_retention_ms,
-            reserved: [0; 9],
+            lease_id: 0,
+            lease_secs: 0,
+            reserved: [0; 7],
         })
     }
 
@@ -353,8 +360,7 @@ impl Geometry {
         if expected.slot_size != params.slot_size {
             return Err(TopicError::Corrupt("slot size inconsistent with stride"));
         }
-        // At most 2^10 * (640 + 2^31 * (2^24 + 16)): no overflow of u64... except
-        // that it can; check.
+        // Scribbled counts may overflow: checked arithmetic.
         let total = params
             .capacity
             .checked_mul(params.slot_size)
@@ -610,19 +616,23 @@ impl TopicControl {
         }
     }
 
-    /// Unregisters a participant (a clean exit). A claim it left (an
-    /// append that panicked half-way) is tombed first, so no claim
-    /// outlives its incarnation's entry.
+    /// Unregisters a participant (a clean exit). With `left_claims` (an
+    /// append may have been cut short, by a panic say), its claims are
+    /// tombed first, so no claim outlives its incarnation's entry; that
+    /// scans every slot.
     pub fn detach<M: RingBytes, F: Futex + ?Sized>(
         &self,
         me: &Member,
         token: u64,
         partitions: &[Partition<'_, M>],
+        left_claims: bool,
         futex: &F,
     ) {
         let mine = me.incarnation.get();
-        for p in partitions {
-            p.tomb_claims(|owner| owner == mine, futex);
+        if left_claims {
+            for p in partitions {
+                p.tomb_claims(|owner| owner == mine, futex);
+            }
         }
         let entry = &self.participants.0[me.index as usize];
         if entry
@@ -677,22 +687,43 @@ impl TopicControl {
         futex: &F,
     ) -> Result<u64, TopicError> {
         let _lock = self.lock(token, &is_dead)?;
-        let mut tombed = 0;
-        for (index, entry) in self.participants.0.iter().enumerate() {
-            let holder = entry.holder.load(Ordering::Acquire);
-            if holder == 0 || holder == token || !is_dead(holder) {
-                continue;
-            }
-            // The incarnation is the dead holder's if the holder is still
-            // there after reading it (attach sets the holder first).
-            let inc = entry.incarnation.load(Ordering::Acquire);
-            if entry.holder.load(Ordering::Acquire) != holder {
-                continue;
-            }
-            if inc != 0 && inc <= OWNER_MASK {
-                for p in partitions {
-                    tombed += p.tomb_claims(|owner| u64::from(owner) == inc, futex);
+        // The dead entries: (index, holder, incarnation). The incarnation
+        // is the dead holder's if the holder is still there after reading
+        // it (attach sets the holder first).
+        let dead: Vec<(usize, u64, u64)> = self
+            .participants
+            .0
+            .iter()
+            .enumerate()
+            .filter_map(|(index, entry)| {
+                let holder = entry.holder.load(Ordering::Acquire);
+                if holder == 0 || holder == token || !is_dead(holder) {
+                    return None;
                 }
+                let inc = entry.incarnation.load(Ordering::Acquire);
+                (entry.holder.load(Ordering::Acquire) == holder).then_some((index, holder, inc))
+            })
+            .collect();
+        // One pass over the slots tombs the dead incarnations' claims and
+        // the claims no entry owns (a scribbled word, or a claim whose
+        // entry was freed without it; a claim is only made after its
+        // incarnation is in an entry, so one whose owner no entry holds,
+        // looked at after finding the claim, is nobody's).
+        let held = |owner: u32| {
+            self.participants
+                .0
+                .iter()
+                .any(|e| e.incarnation.load(Ordering::Acquire) == u64::from(owner))
+        };
+        let is_dead_claim =
+            |owner: u32| dead.iter().any(|&(_, _, inc)| inc == u64::from(owner)) || !held(owner);
+        let mut tombed = 0;
+        for p in partitions {
+            tombed += p.tomb_claims(is_dead_claim, futex);
+        }
+        for &(index, holder, inc) in &dead {
+            let entry = &self.participants.0[index];
+            if inc != 0 {
                 self.admin.0.repairs.fetch_add(1, Ordering::Relaxed);
             }
             // Released only after its claims are repaired, so the
@@ -713,21 +744,13 @@ impl TopicControl {
                         .compare_exchange(holder, 0, Ordering::AcqRel, Ordering::Relaxed);
             }
         }
-        // Claims no entry owns (a scribbled word, or a claim whose entry
-        // was freed without it) would wedge their slot for ever. A claim
-        // is only made after its incarnation is in an entry, so one whose
-        // owner no entry holds (looked at after finding the claim) is
-        // nobody's.
-        let held = |owner: u32| {
-            self.participants
-                .0
-                .iter()
-                .any(|e| e.incarnation.load(Ordering::Acquire) == u64::from(owner))
-        };
-        for p in partitions {
-            tombed += p.tomb_claims(|owner| !held(owner), futex);
-        }
         Ok(tombed)
+    }
+
+    /// The admin lock's holder token (0 when free), for a watcher of
+    /// stopped holders.
+    pub fn admin_holder(&self) -> u64 {
+        self.admin.0.lock.load(Ordering::Acquire)
     }
 
     /// Incarnations repaired so far.
@@ -931,7 +954,15 @@ impl TopicControl {
         let bit = 1 << group.0;
         if self.admin.0.holding.fetch_or(bit, Ordering::AcqRel) & bit != 0 {
             // Holding already: its cursor protects what it has not
-            // committed; raising it would give those records away.
+            // committed, and raising it past `tail - capacity` would give
+            // those records away. Up to there it is a no-op for a real
+            // hold (producers keep `tail` within a capacity of it) and
+            // finishes a hold whose maker died half-way.
+            for p in partitions {
+                let tail = p.ctrl.tail.0.load(Ordering::Acquire);
+                p.ctrl.cursors.0[group.0]
+                    .fetch_max(tail.saturating_sub(p.geo.capacity), Ordering::AcqRel);
+            }
             return;
         }
         if !mutant::active(Mutant::TopicHoldSkipFence) {
@@ -939,7 +970,7 @@ impl TopicControl {
         }
         for p in partitions {
             let tail = p.ctrl.tail.0.load(Ordering::Acquire);
-            let first_kept = if mutant::active(Mutant::TopicHoldSkipFence) {
+            let first_kept = if mutant::active(Mutant::TopicHoldOldestCursor) {
                 tail.saturating_sub(p.geo.capacity)
             } else {
                 (tail + 1).saturating_sub(p.geo.capacity)
@@ -978,16 +1009,16 @@ impl TopicControl {
             if holding & (1 << index) == 0 {
                 continue;
             }
+            let idle_ms = now_ms.saturating_sub(g.last_active_ms.load(Ordering::Relaxed));
+            if idle_ms < retention {
+                continue;
+            }
             let any_alive = g.members.iter().any(|m| {
                 let t = m.load(Ordering::Acquire);
                 t != 0 && !is_dead(t)
             });
-            let idle_ms = now_ms.saturating_sub(g.last_active_ms.load(Ordering::Relaxed));
             let bit = 1 << index;
-            if !any_alive
-                && idle_ms >= retention
-                && self.admin.0.holding.fetch_and(!bit, Ordering::AcqRel) & bit != 0
-            {
+            if !any_alive && self.admin.0.holding.fetch_and(!bit, Ordering::AcqRel) & bit != 0 {
                 self.admin.0.groups_released.fetch_add(1, Ordering::Relaxed);
                 released += 1;
             }
@@ -1826,7 +1857,7 @@ mod tests {
             .attach(5, |_| false, &t.partitions(), &NoFutex)
             .unwrap();
         let left = p.claim(me.incarnation(), 1).unwrap();
-        t.ctrl.detach(&me, 5, &t.partitions(), &NoFutex);
+        t.ctrl.detach(&me, 5, &t.partitions(), true, &NoFutex);
         assert_eq!(t.ctrl.participants(), 0);
         assert_eq!(p.read(0, &mut Vec::new()), Ok(Read::Hole));
         assert_eq!(p.publish(left), Err(TopicError::ClaimRepaired));

@@ -442,3 +442,12 @@ fn topic_hold_without_fences_lets_a_producer_overwrite_the_cursor() {
         "lagged under backpressure",
     );
 }
+
+#[test]
+fn topic_hold_with_the_oldest_cursor_lets_a_producer_overwrite_it() {
+    must_fail(
+        Mutant::TopicHoldOldestCursor,
+        models::topic::hold_races_an_append,
+        "lagged under backpressure",
+    );
+}

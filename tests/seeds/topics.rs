@@ -5,10 +5,11 @@
 // The alias prelude: the seed's module paths.
 use grafos_worker::FabricError;
 use grafos_worker::kv::FabricKvStore;
+use grafos_worker::mem::{MemBuilder, MemLease};
 use grafos_worker::mq::consumer::{Consumer, SeekPolicy};
 use grafos_worker::mq::offset::MemOffsetStore;
 use grafos_worker::mq::producer::Producer;
-use grafos_worker::mq::topic::{Overflow, TopicConfig, TopicManager, TopicOptions};
+use grafos_worker::mq::topic::{Overflow, Topic, TopicConfig, TopicManager, TopicOptions};
 use grafos_worker::store::FabricUri;
 
 use std::time::Duration;
@@ -68,6 +69,17 @@ pub fn topic_round_trip() -> SeedResult {
     assert_eq!(described.partitions[*partition as usize].head, 1);
     assert_eq!(described.groups[0].name, "processors");
     assert_eq!(described.groups[0].committed[*partition as usize], 1);
+    // A copy of the topic's bytes in another lease (a stored object, say)
+    // is not taken for a topic by the supervisor or `grafos status`.
+    let own = MemLease::open(described.lease_id)?;
+    let mut bytes = vec![0u8; 8192];
+    own.read_at(0, &mut bytes)?;
+    let copy = MemBuilder::new().min_bytes(own.len()).acquire()?;
+    copy.write_at(0, &bytes)?;
+    assert!(Topic::inspect(own.segment().clone(), &instance())?.is_some());
+    assert!(Topic::inspect(copy.segment().clone(), &instance())?.is_none());
+    copy.release()?;
+    drop(own);
     topics.delete("object-events")?;
     assert!(matches!(
         topics.open("object-events"),
@@ -219,6 +231,13 @@ pub fn a_lapped_consumer_is_told_what_it_lost() -> SeedResult {
         .collect();
     assert_eq!(values, (12..20).collect::<Vec<u64>>());
     assert_eq!(consumer.lost(), 12);
+    // A group with nothing committed that seeks `Committed` starts at the
+    // oldest record retained: nothing to lag behind.
+    let mut fresh = Consumer::new("lapped", "fresh");
+    fresh.assign(&[0]);
+    fresh.seek(&topics, &MemOffsetStore::new(), SeekPolicy::Committed)?;
+    assert_eq!(fresh.position(0), Some(12));
+    assert_eq!(fresh.poll(&topics, 100)?.len(), 8);
     assert_eq!(
         topics.describe("lapped")?.partitions[0].stats.overwrites,
         12

@@ -123,13 +123,18 @@ pub(crate) fn me() -> u64 {
     static TOKEN: AtomicU64 = AtomicU64::new(0);
     static GENERATION: AtomicU64 = AtomicU64::new(0);
     let generation = fork_generation();
-    let token = TOKEN.load(Ordering::Acquire);
-    if token != 0 && GENERATION.load(Ordering::Acquire) == generation {
-        return token;
+    // The cached generation is stored after the token and loaded before
+    // it (Release / Acquire): a token read after a matching generation is
+    // the one worked out in this process.
+    if GENERATION.load(Ordering::Acquire) == generation {
+        let token = TOKEN.load(Ordering::Acquire);
+        if token != 0 {
+            return token;
+        }
     }
     let token = ProcessId::current().pack();
-    GENERATION.store(generation, Ordering::Release);
     TOKEN.store(token, Ordering::Release);
+    GENERATION.store(generation, Ordering::Release);
     token
 }
 

@@ -77,6 +77,7 @@ impl Consumer {
         assigned.dedup();
         self.positions.retain(|p, _| assigned.contains(p));
         self.assigned = assigned;
+        self.pending_lag = None;
     }
 
     /// The partitions assigned.
@@ -142,6 +143,7 @@ impl Consumer {
         policy: SeekPolicy,
     ) -> Result<()> {
         let (topic, group) = self.bind(topics)?;
+        self.pending_lag = None;
         for &p in &self.assigned {
             let (oldest, head) = (topic.tail(p)?, topic.head(p)?);
             let at = match policy {
@@ -152,7 +154,7 @@ impl Consumer {
                     .map_err(Into::into)?
                 {
                     Some(at) => at,
-                    None => topic.cursor(group, p)?,
+                    None => topic.cursor(group, p)?.max(oldest),
                 },
             };
             // A committed offset past the head (a store from an older
@@ -218,6 +220,7 @@ impl Consumer {
             });
         }
         topic.touch(group);
+        topic.keep_alive();
         let mut got = 0;
         let mut buf = Vec::new();
         let n = self.assigned.len();
@@ -275,10 +278,24 @@ impl Consumer {
         buf: &mut Vec<u8>,
         sink: &mut impl FnMut(u32, u64, &mut Vec<u8>),
     ) -> Result<Option<FabricError>> {
+        let oldest = topic.tail(p)?;
         let mut at = match self.positions.get(&p) {
             Some(&at) => at,
-            None => topic.cursor(group, p)?.max(topic.tail(p)?),
+            None => topic.cursor(group, p)?.max(oldest),
         };
+        // A position a whole lap or more behind is lagged whatever its
+        // slot's 32-bit stamp says (it could show a record 2^32 laps on).
+        if at < oldest {
+            let lost = oldest - at;
+            self.lost += lost;
+            self.positions.insert(p, oldest);
+            return Ok(Some(FabricError::Lagged {
+                topic: self.topic.clone(),
+                partition: p,
+                lost,
+                resume: oldest,
+            }));
+        }
         let result = loop {
             if *got >= max {
                 break Ok(None);

@@ -9,6 +9,7 @@
 
 use std::collections::HashMap;
 use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -208,6 +209,11 @@ impl TopicManager {
             .min_bytes(params.total_len())
             .lease_secs(options.lease_secs)
             .acquire()?;
+        let params = TopicParams {
+            lease_id: lease.lease_id(),
+            lease_secs: options.lease_secs,
+            ..params
+        };
         let ptr = control_ptr(&lease.segment().body(), lease.len(), params.total_len())?;
         // SAFETY: the lease is fresh (zeroed; nobody else knows its id
         // yet), holds total_len bytes at its 128-aligned body start.
@@ -239,6 +245,7 @@ impl TopicManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
+            && topic.generation == fork_generation()
             && topic.check().is_ok()
         {
             return Ok(Arc::clone(topic));
@@ -440,6 +447,16 @@ pub struct Topic {
     ctrl: NonNull<TopicControl>,
     parts: Vec<(NonNull<PartitionControl>, MappedRing)>,
     geo: Geometry,
+    /// The TTL the lease is renewed for (0: never renewed).
+    lease_secs: u64,
+    /// The fork generation that opened the handle.
+    generation: u64,
+    /// Appends through this handle (roughly: counted without an atomic
+    /// read-modify-write), to look at the lease's deadline now and then.
+    appends: AtomicU64,
+    /// An append was cut short (a panic between claim and publish): the
+    /// handle's claims are tombed when it detaches.
+    cut_short: AtomicBool,
     /// This process's participant entry, attached on first use, with the
     /// fork generation that attached it (a forked child must not use its
     /// parent's).
@@ -495,6 +512,14 @@ impl Topic {
         }
         let name = find_name(instance, segment.fields().lease_id)
             .unwrap_or_else(|| format!("lease-{}", segment.fields().lease_id));
+        // A copy of a topic's bytes in a lease of another kind (a stored
+        // object) is not a topic: a topic names its own lease.
+        let ctrl = control_ptr(&segment.body(), segment.body_len(), CONTROL_SIZE)?;
+        // SAFETY: CONTROL_SIZE bytes at the body start (checked above),
+        // mapped while `segment` lives; the parameters are read by copy.
+        if unsafe { ctrl.as_ref() }.params().lease_id != segment.fields().lease_id {
+            return Ok(None);
+        }
         Topic::bind(&name, instance, Backing::Segment(segment)).map(Some)
     }
 
@@ -512,6 +537,11 @@ impl Topic {
         // by `control_ptr`), mapped while `backing` lives.
         let params = unsafe { ctrl.as_ref() }.params();
         let geo = Geometry::validate(&params, len).map_err(corrupt)?;
+        if params.lease_id != backing.lease_id() {
+            return Err(corrupt(TopicError::Corrupt(
+                "the topic was made in another lease (a copy of its bytes)",
+            )));
+        }
         let parts = (0..geo.partitions)
             .map(|p| {
                 // SAFETY: `validate` checked that every partition's control
@@ -536,6 +566,10 @@ impl Topic {
             ctrl,
             parts,
             geo,
+            lease_secs: params.lease_secs,
+            generation: fork_generation(),
+            appends: AtomicU64::new(0),
+            cut_short: AtomicBool::new(false),
             member: OnceLock::new(),
             attaching: Mutex::new(()),
         })
@@ -675,8 +709,12 @@ impl Topic {
         let member = self.member()?;
         let deadline = crate::mapped::deadline(timeout);
         let mut yields = 0;
+        self.keep_alive();
         loop {
-            match part.append(member.incarnation(), payload) {
+            let guard = CutShort(&self.cut_short);
+            let appended = part.append(member.incarnation(), payload);
+            std::mem::forget(guard);
+            match appended {
                 Ok(offset) => {
                     part.wake_consumers(&LinuxFutex);
                     return Ok(offset);
@@ -716,6 +754,25 @@ impl Topic {
                     );
                 }
                 Err(e) => return Err(self.layout_error(e)),
+            }
+        }
+    }
+
+    /// Renews the lease once half its TTL has passed; looked at every
+    /// 1024th append and by consumers' polls. A failed renewal is logged:
+    /// the next calls report the lease's end if it comes.
+    pub(crate) fn keep_alive(&self) {
+        let n = self.appends.load(Ordering::Relaxed);
+        self.appends.store(n.wrapping_add(1), Ordering::Relaxed);
+        if !n.is_multiple_of(1024) || self.lease_secs == 0 {
+            return;
+        }
+        if let Backing::Lease(lease) = &self.backing {
+            let left = lease.deadline_ms().saturating_sub(unix_time_ms());
+            if left < self.lease_secs * 500
+                && let Err(e) = lease.renew(self.lease_secs)
+            {
+                tracing::warn!(topic = %self.name, "renewing the topic's lease: {e}");
             }
         }
     }
@@ -877,6 +934,11 @@ impl Topic {
             .collect()
     }
 
+    /// The holder token of the topic's admin lock (0 when free).
+    pub fn admin_holder(&self) -> u64 {
+        self.ctrl().admin_holder()
+    }
+
     /// The holder token of a claim's owner (0 if unknown).
     pub fn holder_of(&self, claim: &ClaimSeen) -> u64 {
         self.ctrl().holder_of(claim.owner)
@@ -933,8 +995,20 @@ impl Drop for Topic {
         if let Some((generation, m)) = self.member.get()
             && *generation == fork_generation()
         {
-            self.ctrl().detach(m, me(), &self.all(), &LinuxFutex);
+            let cut_short = self.cut_short.load(Ordering::Relaxed);
+            self.ctrl()
+                .detach(m, me(), &self.all(), cut_short, &LinuxFutex);
         }
+    }
+}
+
+/// Marks an append cut short if dropped while unwinding (forgotten when
+/// the append returns).
+struct CutShort<'a>(&'a AtomicBool);
+
+impl Drop for CutShort<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
     }
 }
 
