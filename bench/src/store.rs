@@ -63,7 +63,9 @@ impl Peer {
     }
 }
 
-fn unix_ns() -> u64 {
+/// Nanoseconds since the Unix epoch: a clock every process of a row
+/// agrees on (their start instant).
+pub(crate) fn unix_ns() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")

@@ -18,7 +18,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Stdio};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use grafos_worker::collections::queue::{FabricQueue, QueueConfig};
 use grafos_worker::mq::consumer::{Consumer, SeekPolicy};
@@ -28,17 +28,11 @@ use grafos_worker::segment::SegmentName;
 
 use crate::local::LocalInstance;
 use crate::mpmc::slots_for;
+use crate::store::unix_ns;
 use crate::{Unlink, instance_of_parent, median, object_of, pin, self_exe, unique_segment};
 
 /// Record sizes of the topic rows.
 const SIZES: [usize; 2] = [64, 512];
-
-fn unix_ns() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("after 1970")
-        .as_nanos() as u64
-}
 
 fn wait_until(start_ns: u64) {
     while unix_ns() < start_ns {

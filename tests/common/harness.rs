@@ -2,6 +2,7 @@
 //! (`harness = false`): a private instance whose supervisor runs on a
 //! thread of the harness process, the named tests a command line selects,
 //! and the check that nothing of the instance is left in `/dev/shm`.
+#![allow(dead_code)] // Each test binary uses part of it.
 
 use std::path::PathBuf;
 use std::thread::JoinHandle;
@@ -13,6 +14,9 @@ use grafos_worker::segment::list_segments;
 
 /// A test's outcome: an error (or a panic) fails it.
 pub type Outcome = Result<(), String>;
+
+/// A test that takes the runtime root and fails by panicking.
+pub type Test = fn(&std::path::Path);
 
 /// A named test.
 pub type Named<'a> = (&'a str, Box<dyn Fn() -> Outcome + 'a>);
@@ -59,6 +63,24 @@ impl Instance {
         }
     }
 
+    /// As [`Instance::run`], for tests that take the runtime root and fail
+    /// by panicking.
+    pub fn run_with_root(self, tests: &[(&str, Test)]) {
+        let root = self.root.clone();
+        let tests = tests
+            .iter()
+            .map(|&(name, test)| {
+                let root = root.clone();
+                let run: Box<dyn Fn() -> Outcome> = Box::new(move || {
+                    test(&root);
+                    Ok(())
+                });
+                (name, run)
+            })
+            .collect();
+        self.run(tests);
+    }
+
     /// Runs the tests whose names contain an argument of the command line
     /// (all without one), printing a line each; then takes the instance
     /// down, asserts `/dev/shm` holds nothing of it, and exits 1 if a test
@@ -96,4 +118,14 @@ impl Instance {
             std::process::exit(1);
         }
     }
+}
+
+/// Counter `name` of the instance this process names in its environment,
+/// as `grafos status` reads it.
+pub fn counter(name: &str) -> u64 {
+    let instance = std::env::var("GRAFOS_INSTANCE").expect("set by the harness");
+    let paths = InstancePaths::new(&instance).expect("a valid instance name");
+    grafos_runtime::status::read(&paths)
+        .expect("status")
+        .counters[name]
 }

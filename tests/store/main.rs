@@ -24,7 +24,6 @@ use grafos_runtime::supervisor::Config;
 use grafos_shm_layout::crash::CrashPoint;
 use grafos_worker::FabricError;
 use grafos_worker::collections::map::MapOptions;
-use grafos_worker::instance::InstancePaths;
 use grafos_worker::segment::list_segments;
 use grafos_worker::store::{FabricUri, MemObjectStore, ObjectStore, PutOptions};
 
@@ -47,8 +46,7 @@ fn main() {
         grace: Duration::from_secs(1),
         claim_age_limit: Duration::from_secs(2),
     });
-    let root = instance.root.clone();
-    let tests: [(&str, Test); 8] = [
+    let tests: [(&str, harness::Test); 8] = [
         ("unrenewed_store_expires_and_leaves_nothing", expiry),
         (
             "writers_and_readers_killed_lose_nothing_and_leak_nothing",
@@ -67,23 +65,8 @@ fn main() {
         ("objects_past_their_ttl_are_gone", ttl),
         ("an_arena_the_pool_cannot_cover_is_a_clear_error", full_pool),
     ];
-    let tests = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let root = root.clone();
-            let run: Box<dyn Fn() -> harness::Outcome> = Box::new(move || {
-                test(&root);
-                Ok(())
-            });
-            (name, run)
-        })
-        .collect();
-    instance.run(tests);
+    instance.run_with_root(&tests);
 }
-
-/// A test: runs in the harness process with the runtime root; fails by
-/// panicking.
-type Test = fn(&Path);
 
 fn instance() -> String {
     std::env::var("GRAFOS_INSTANCE").expect("set by the harness")
@@ -545,19 +528,12 @@ fn expiry(root: &Path) {
     }
 }
 
-fn counter(name: &str) -> u64 {
-    let paths = InstancePaths::new(&instance()).unwrap();
-    grafos_runtime::status::read(&paths)
-        .expect("status")
-        .counters[name]
-}
-
 /// A writer killed holding the lock, with no other writer to notice: the
 /// supervisor, seeing the death, takes the lock over and rebuilds.
 fn supervisor_repairs(root: &Path) {
     let store = MemObjectStore::new(64).expect("the store");
     let peers = Peers::new(root.join("store-ops.log"));
-    let repairs_before = counter("map_repairs");
+    let repairs_before = harness::counter("map_repairs");
     let mut armed = peers.spawn("writer:7:0", Some((CrashPoint::MapAfterAlloc, 5)));
     assert_eq!(
         peers.reap(&mut armed).signal(),
@@ -566,7 +542,7 @@ fn supervisor_repairs(root: &Path) {
     );
     loop {
         let holder = store.map().lock_holder().unwrap();
-        if holder == 0 && counter("map_repairs") > repairs_before {
+        if holder == 0 && harness::counter("map_repairs") > repairs_before {
             break;
         }
         assert!(
@@ -587,7 +563,7 @@ fn supervisor_repairs(root: &Path) {
 fn stuck_reader(root: &Path) {
     let store = MemObjectStore::new(64).expect("the store");
     let peers = Peers::new(root.join("store-ops.log"));
-    let killed_before = counter("stuck_readers_killed");
+    let killed_before = harness::counter("stuck_readers_killed");
     let key = uri(8, 0);
     store.put(&key, b"first", None).unwrap();
     let mut reader = peers.spawn_armed("reader:1", Some("map-reader-pinned:1:stop".into()));
@@ -613,7 +589,7 @@ fn stuck_reader(root: &Path) {
         Some(9),
         "the supervisor SIGKILLed the stopped reader"
     );
-    assert!(counter("stuck_readers_killed") > killed_before);
+    assert!(harness::counter("stuck_readers_killed") > killed_before);
     loop {
         let pins = store.map().pins().unwrap();
         if pins
@@ -715,7 +691,7 @@ fn orphan_stays_whole(root: &Path) {
 fn stuck_writer(root: &Path) {
     let store = MemObjectStore::new(64).expect("the store");
     let peers = Peers::new(root.join("store-ops.log"));
-    let killed_before = counter("stuck_claimers_killed");
+    let killed_before = harness::counter("stuck_claimers_killed");
     let mut writer = peers.spawn_armed("writer:4:0", Some("map-after-alloc:3:stop".into()));
     let status = peers.reap(&mut writer);
     assert_eq!(
@@ -723,7 +699,7 @@ fn stuck_writer(root: &Path) {
         Some(9),
         "the supervisor SIGKILLed the stopped writer"
     );
-    assert!(counter("stuck_claimers_killed") > killed_before);
+    assert!(harness::counter("stuck_claimers_killed") > killed_before);
     // Writers go on: the lock is taken over (by the supervisor after the
     // death, or by this put) and the heap repaired.
     store.put(&uri(4, 99), b"after", None).unwrap();

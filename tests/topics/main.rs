@@ -23,7 +23,6 @@ use std::time::{Duration, Instant};
 use grafos_runtime::supervisor::Config;
 use grafos_shm_layout::crash::CrashPoint;
 use grafos_worker::FabricError;
-use grafos_worker::instance::InstancePaths;
 use grafos_worker::kv::FabricKvStore;
 use grafos_worker::mq::consumer::{Consumer, SeekPolicy};
 use grafos_worker::mq::offset::MemOffsetStore;
@@ -49,8 +48,7 @@ fn main() {
         grace: Duration::from_secs(1),
         claim_age_limit: Duration::from_secs(2),
     });
-    let root = instance.root.clone();
-    let tests: [(&str, Test); 4] = [
+    let tests: [(&str, harness::Test); 4] = [
         (
             "producers_and_consumers_killed_deliver_every_acknowledged_send",
             kills,
@@ -65,23 +63,8 @@ fn main() {
             stuck_producer,
         ),
     ];
-    let tests = tests
-        .into_iter()
-        .map(|(name, test)| {
-            let root = root.clone();
-            let run: Box<dyn Fn() -> harness::Outcome> = Box::new(move || {
-                test(&root);
-                Ok(())
-            });
-            (name, run)
-        })
-        .collect();
-    instance.run(tests);
+    instance.run_with_root(&tests);
 }
-
-/// A test: runs in the harness process with the runtime root; fails by
-/// panicking.
-type Test = fn(&Path);
 
 // ---- records ------------------------------------------------------------
 
@@ -664,13 +647,6 @@ fn lapped(root: &Path) {
     topics.delete(topic).unwrap();
 }
 
-fn counter(name: &str) -> u64 {
-    let paths = InstancePaths::new(&std::env::var("GRAFOS_INSTANCE").unwrap()).unwrap();
-    grafos_runtime::status::read(&paths)
-        .expect("status")
-        .counters[name]
-}
-
 /// A small topic with one producer peer armed at a crash point; returns
 /// the peer's exit status (waited for, within the test budget).
 fn armed_producer(root: &Path, topic: &str, arm: &str) -> (TopicManager, std::process::ExitStatus) {
@@ -711,7 +687,7 @@ fn await_holes(topics: &TopicManager, topic: &str, holes: u64) {
 /// told of the death, tombs the claim with no reader or producer around;
 /// a reader then steps over the hole to the records after it.
 fn supervisor_repairs(root: &Path) {
-    let before = counter("topic_claims_repaired");
+    let before = harness::counter("topic_claims_repaired");
     let (mut topics, status) = armed_producer(root, "dead-mid-append", "topic-after-claim:20");
     assert_eq!(
         status.signal(),
@@ -719,7 +695,7 @@ fn supervisor_repairs(root: &Path) {
         "the producer died at its crash point"
     );
     await_holes(&topics, "dead-mid-append", 1);
-    assert!(counter("topic_claims_repaired") > before);
+    assert!(harness::counter("topic_claims_repaired") > before);
     let mut producer = Producer::new("dead-mid-append");
     producer.send(&mut topics, b"after").unwrap();
     let mut consumer = Consumer::new("dead-mid-append", "g");
@@ -738,14 +714,14 @@ fn supervisor_repairs(root: &Path) {
 /// A producer stopped (SIGSTOP) mid-append holds its claim: past the
 /// claim-age limit the supervisor kills it and the claim is repaired.
 fn stuck_producer(root: &Path) {
-    let killed = counter("stuck_claimers_killed");
+    let killed = harness::counter("stuck_claimers_killed");
     let (topics, status) = armed_producer(root, "stopped-mid-append", "topic-mid-write:5:stop");
     assert_eq!(
         status.signal(),
         Some(9),
         "the supervisor SIGKILLed the stopped producer"
     );
-    assert!(counter("stuck_claimers_killed") > killed);
+    assert!(harness::counter("stuck_claimers_killed") > killed);
     await_holes(&topics, "stopped-mid-append", 1);
     let mut topics = topics;
     topics.delete("stopped-mid-append").unwrap();

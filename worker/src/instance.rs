@@ -140,3 +140,83 @@ pub(crate) fn open_locked(path: &std::path::Path) -> crate::error::Result<std::f
         .map_err(|e| FabricError::io("flock", path.display().to_string(), e))?;
     Ok(file)
 }
+
+/// Longest name of a named thing of the runtime dir (a topic, a key-value
+/// store).
+pub(crate) const MAX_OBJECT_NAME: usize = 64;
+
+/// Checks the name of a topic or key-value store: 1 to 64 of
+/// `[A-Za-z0-9._-]`, not starting with a dot (it names a file of the
+/// runtime dir).
+///
+/// # Errors
+/// `InvalidName` with the rule broken.
+pub(crate) fn validate_object_name(name: &str) -> crate::error::Result<()> {
+    let bad = |reason| {
+        Err(crate::error::FabricError::InvalidName {
+            name: name.to_string(),
+            reason,
+        })
+    };
+    if name.is_empty() || name.len() > MAX_OBJECT_NAME {
+        return bad("a name has 1 to 64 characters");
+    }
+    if name.starts_with('.') {
+        return bad("a name does not start with a dot");
+    }
+    if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
+    {
+        return bad("a name is made of letters, digits, '.', '_' and '-'");
+    }
+    Ok(())
+}
+
+/// `<runtime dir>/<sub>` of `instance`, made if need be: where named
+/// things record their lease ids, one file per name.
+///
+/// # Errors
+/// `InvalidName` for the instance; `Io`.
+pub(crate) fn names_dir(instance: &str, sub: &str) -> crate::error::Result<PathBuf> {
+    let dir = InstancePaths::new(instance)?.runtime_dir().join(sub);
+    std::fs::create_dir_all(&dir).map_err(|e| crate::error::FabricError::from_io(&e))?;
+    Ok(dir)
+}
+
+/// The lease id the file `dir/name` records, if there is one.
+///
+/// # Errors
+/// `Io`; `InvalidArgument` for a file that holds no lease id.
+pub(crate) fn read_lease_id(
+    dir: &std::path::Path,
+    name: &str,
+) -> crate::error::Result<Option<u64>> {
+    let path = dir.join(name);
+    match std::fs::read_to_string(&path) {
+        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
+            crate::error::FabricError::InvalidArgument(format!(
+                "{}: not a lease id",
+                path.display()
+            ))
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(crate::error::FabricError::from_io(&e)),
+    }
+}
+
+/// Records lease `id` in the file `dir/name`, whole (a temporary file
+/// renamed into place).
+///
+/// # Errors
+/// `Io`.
+pub(crate) fn write_lease_id(
+    dir: &std::path::Path,
+    name: &str,
+    id: u64,
+) -> crate::error::Result<()> {
+    let io = |e: std::io::Error| crate::error::FabricError::from_io(&e);
+    let tmp = dir.join(format!(".{name}.tmp"));
+    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
+    std::fs::rename(&tmp, dir.join(name)).map_err(io)
+}

@@ -19,7 +19,9 @@ use std::path::PathBuf;
 use crate::block::{BLOCK_SIZE, BlockBuilder, BlockLease};
 use crate::collections::durable::{Durable, SyncPolicy};
 use crate::error::{FabricError, Result};
-use crate::instance::{InstancePaths, instance_from_env, open_locked};
+use crate::instance::{
+    instance_from_env, names_dir, open_locked, read_lease_id, validate_object_name, write_lease_id,
+};
 use crate::mq::offset::OffsetStore;
 
 /// Encoded bytes a store holds unless made larger.
@@ -69,19 +71,11 @@ impl FabricKvStore {
         max_bytes: u32,
         policy: SyncPolicy,
     ) -> Result<FabricKvStore> {
-        validate_name(name)?;
-        let dir = InstancePaths::new(instance)?.runtime_dir().join("kv");
-        std::fs::create_dir_all(&dir).map_err(|e| FabricError::from_io(&e))?;
+        validate_object_name(name)?;
+        let dir = names_dir(instance, "kv")?;
         let lock_path = dir.join(format!("{name}.lock"));
         let _lock = open_locked(&lock_path)?;
-        let id_path = dir.join(name);
-        let existing = match std::fs::read_to_string(&id_path) {
-            Ok(text) => Some(text.trim().parse::<u64>().map_err(|_| {
-                FabricError::InvalidArgument(format!("{}: not a lease id", id_path.display()))
-            })?),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-            Err(e) => return Err(FabricError::from_io(&e)),
-        };
+        let existing = read_lease_id(&dir, name)?;
         let lease = match existing.map(|id| BlockLease::open_in(instance, id)) {
             Some(Ok(lease)) => lease,
             ended @ (Some(Err(FabricError::UnknownLease(_) | FabricError::LeaseExpired(_)))
@@ -98,10 +92,7 @@ impl FabricKvStore {
                     .min_blocks(bytes.div_ceil(BLOCK_SIZE))
                     .lease_secs(DEFAULT_KV_LEASE_SECS)
                     .acquire()?;
-                let tmp = dir.join(format!(".{name}.tmp"));
-                std::fs::write(&tmp, format!("{}\n", lease.lease_id()))
-                    .and_then(|()| std::fs::rename(&tmp, &id_path))
-                    .map_err(|e| FabricError::from_io(&e))?;
+                write_lease_id(&dir, name, lease.lease_id())?;
                 lease
             }
             Some(Err(e)) => return Err(e),
@@ -220,25 +211,6 @@ impl OffsetStore for FabricKvStore {
             for &(p, at) in offsets {
                 entries.insert(offset_key(topic, group, p), at.to_le_bytes().to_vec());
             }
-        })
-    }
-}
-
-/// Checks a store name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a
-/// dot.
-fn validate_name(name: &str) -> Result<()> {
-    let ok = !name.is_empty()
-        && name.len() <= 64
-        && !name.starts_with('.')
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-');
-    if ok {
-        Ok(())
-    } else {
-        Err(FabricError::InvalidName {
-            name: name.to_string(),
-            reason: "a store name is 1 to 64 of letters, digits, '.', '_' and '-', not starting with '.'",
         })
     }
 }

@@ -25,7 +25,10 @@ pub use grafos_shm_layout::topic::Overflow;
 use crate::error::{FabricError, Result};
 use crate::futex::LinuxFutex;
 use crate::host::unix_time_ms;
-use crate::instance::{InstancePaths, instance_from_env, open_locked};
+use crate::instance::{
+    InstancePaths, instance_from_env, names_dir, open_locked, read_lease_id,
+    validate_object_name as validate_name, write_lease_id,
+};
 use crate::mapped::{Backing, MappedRing};
 use crate::mem::{MemBuilder, MemLease};
 use crate::process::{fork_generation, is_dead, me};
@@ -37,7 +40,7 @@ pub const DEFAULT_TOPIC_LEASE_SECS: u64 = 3600;
 /// back under [`Overflow::Backpressure`], unless set otherwise.
 pub const DEFAULT_GROUP_RETENTION: Duration = Duration::from_secs(30);
 /// Longest topic name.
-pub const MAX_TOPIC_NAME: usize = 64;
+pub const MAX_TOPIC_NAME: usize = crate::instance::MAX_OBJECT_NAME;
 /// How long a blocked call sleeps before it checks for dead producers and
 /// idle groups.
 const LIVENESS_PERIOD: Duration = Duration::from_millis(10);
@@ -317,53 +320,8 @@ impl TopicManager {
     }
 }
 
-/// Checks a topic name: 1 to 64 of `[A-Za-z0-9._-]`, not starting with a
-/// dot.
-fn validate_name(name: &str) -> Result<()> {
-    let bad = |reason| {
-        Err(FabricError::InvalidName {
-            name: name.to_string(),
-            reason,
-        })
-    };
-    if name.is_empty() || name.len() > MAX_TOPIC_NAME {
-        return bad("a topic name has 1 to 64 characters");
-    }
-    if name.starts_with('.') {
-        return bad("a topic name does not start with a dot");
-    }
-    if !name
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'_' || b == b'-')
-    {
-        return bad("a topic name is made of letters, digits, '.', '_' and '-'");
-    }
-    Ok(())
-}
-
 fn topics_dir(instance: &str) -> Result<std::path::PathBuf> {
-    let dir = InstancePaths::new(instance)?.runtime_dir().join("topics");
-    std::fs::create_dir_all(&dir).map_err(|e| FabricError::from_io(&e))?;
-    Ok(dir)
-}
-
-fn read_lease_id(dir: &std::path::Path, name: &str) -> Result<Option<u64>> {
-    let path = dir.join(name);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => text.trim().parse().map(Some).map_err(|_| {
-            FabricError::InvalidArgument(format!("{}: not a lease id", path.display()))
-        }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(FabricError::from_io(&e)),
-    }
-}
-
-/// Writes the name's file whole (a temporary file renamed into place).
-fn write_lease_id(dir: &std::path::Path, name: &str, id: u64) -> Result<()> {
-    let io = |e: std::io::Error| FabricError::from_io(&e);
-    let tmp = dir.join(format!(".{name}.tmp"));
-    std::fs::write(&tmp, format!("{id}\n")).map_err(io)?;
-    std::fs::rename(&tmp, dir.join(name)).map_err(io)
+    names_dir(instance, "topics")
 }
 
 /// The control block at the start of a body of `len` bytes, if a topic of
