@@ -1,9 +1,10 @@
 //! [`Producer`]: appends records to a topic's partitions.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use crate::error::Result;
-use crate::mq::topic::TopicManager;
+use crate::error::{FabricError, Result};
+use crate::mq::topic::{Topic, TopicManager};
 
 /// How long a send waits for room under backpressure unless set
 /// otherwise.
@@ -18,6 +19,9 @@ pub struct Producer {
     topic: String,
     next: u32,
     timeout: Option<Duration>,
+    /// The topic as last opened, kept so a send does not look the name up
+    /// again; dropped when it ends (deleted, expired).
+    opened: Option<Arc<Topic>>,
 }
 
 impl Producer {
@@ -29,6 +33,7 @@ impl Producer {
             // partitions.
             next: std::process::id(),
             timeout: Some(DEFAULT_SEND_TIMEOUT),
+            opened: None,
         }
     }
 
@@ -51,10 +56,13 @@ impl Producer {
     /// `NotFound` for an unknown topic; `Topic` (`TooLarge`, `TimedOut`
     /// under backpressure, ...); lease errors.
     pub fn send(&mut self, topics: &mut TopicManager, payload: &[u8]) -> Result<(u32, u64)> {
-        let topic = topics.open(&self.topic)?;
-        let partition = self.next % topic.partitions();
+        let next = self.next;
         self.next = self.next.wrapping_add(1);
-        Ok((partition, topic.append(partition, payload, self.timeout)?))
+        let timeout = self.timeout;
+        self.with_topic(topics, |topic| {
+            let partition = next % topic.partitions();
+            Ok((partition, topic.append(partition, payload, timeout)?))
+        })
     }
 
     /// Sends `payload` to the partition `key` hashes to (records of one key
@@ -68,10 +76,12 @@ impl Producer {
         key: &[u8],
         payload: &[u8],
     ) -> Result<(u32, u64)> {
-        let topic = topics.open(&self.topic)?;
-        let partition =
-            (grafos_shm_layout::map::hash_key(key) % u64::from(topic.partitions())) as u32;
-        Ok((partition, topic.append(partition, payload, self.timeout)?))
+        let timeout = self.timeout;
+        self.with_topic(topics, |topic| {
+            let partition =
+                (grafos_shm_layout::map::hash_key(key) % u64::from(topic.partitions())) as u32;
+            Ok((partition, topic.append(partition, payload, timeout)?))
+        })
     }
 
     /// Sends `payload` to `partition`.
@@ -85,8 +95,29 @@ impl Producer {
         partition: u32,
         payload: &[u8],
     ) -> Result<u64> {
-        topics
-            .open(&self.topic)?
-            .append(partition, payload, self.timeout)
+        let timeout = self.timeout;
+        self.with_topic(topics, |topic| topic.append(partition, payload, timeout))
+    }
+
+    /// Runs `send` on the topic as last opened; if that handle has ended
+    /// (the topic was deleted, its lease expired) or was opened before a
+    /// fork, opens the name again (it may be a topic made anew) and runs
+    /// `send` there.
+    fn with_topic<T>(
+        &mut self,
+        topics: &TopicManager,
+        send: impl Fn(&Topic) -> Result<T>,
+    ) -> Result<T> {
+        if let Some(topic) = self.opened.as_ref().filter(|t| t.opened_here()) {
+            match send(topic) {
+                Err(FabricError::NotFound(_) | FabricError::LeaseExpired(_)) => {}
+                done => return done,
+            }
+        }
+        self.opened = None;
+        let topic = topics.open(&self.topic)?;
+        let done = send(&topic);
+        self.opened = Some(topic);
+        done
     }
 }

@@ -248,7 +248,7 @@ impl TopicManager {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .get(name)
-            && topic.generation == fork_generation()
+            && topic.opened_here()
             && topic.check().is_ok()
         {
             return Ok(Arc::clone(topic));
@@ -890,6 +890,12 @@ impl Topic {
             .enumerate()
             .flat_map(|(p, part)| part.claims().into_iter().map(move |c| (p as u32, c)))
             .collect()
+    }
+
+    /// Whether this process opened the handle (not a parent it was
+    /// forked from).
+    pub(crate) fn opened_here(&self) -> bool {
+        self.generation == fork_generation()
     }
 
     /// The holder token of the topic's admin lock (0 when free).
