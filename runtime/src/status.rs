@@ -14,7 +14,7 @@ use grafos_worker::layout::header::SegmentKind;
 use grafos_worker::layout::registry::{
     Counter, InstanceCounters, Registry, lease_kind, lease_state,
 };
-use grafos_worker::mq::topic::Topic;
+use grafos_worker::mq::topic::{Topic, TopicDescription};
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
@@ -137,6 +137,8 @@ pub struct TopicStatus {
     pub overflow: &'static str,
     /// Records retained per partition.
     pub capacity: u64,
+    /// Largest record in bytes.
+    pub stride: u64,
     /// Dead producers repaired.
     pub repairs: u64,
     /// Per partition.
@@ -362,38 +364,85 @@ fn topics(instance: &str) -> Result<Vec<TopicStatus>, FabricError> {
         let Ok(Some(topic)) = Topic::inspect(segment, instance) else {
             continue;
         };
-        let d = topic.describe();
-        out.push(TopicStatus {
-            groups: d
-                .groups
-                .iter()
-                .map(|g| TopicGroupStatus {
-                    name: g.name.clone(),
-                    holding: g.holding,
-                    live_members: g.live_members,
-                    committed: g.committed.clone(),
-                    lag: (0..d.partitions.len()).map(|p| d.lag(g, p)).collect(),
-                })
-                .collect(),
-            partitions: d
-                .partitions
-                .iter()
-                .map(|p| PartitionStatus {
-                    head: p.head,
-                    tail: p.tail,
-                    overwrites: p.stats.overwrites,
-                    lost: p.stats.lost,
-                    holes: p.stats.holes,
-                })
-                .collect(),
-            name: d.name,
-            lease_id: d.lease_id,
-            overflow: overflow_name(d.overflow),
-            capacity: d.capacity,
-            repairs: d.repairs,
-        });
+        out.push(topic_status(topic.describe()));
     }
     Ok(out)
+}
+
+/// What `status` (and `grafos topic describe`) shows of a topic.
+pub fn topic_status(d: TopicDescription) -> TopicStatus {
+    TopicStatus {
+        groups: d
+            .groups
+            .iter()
+            .map(|g| TopicGroupStatus {
+                name: g.name.clone(),
+                holding: g.holding,
+                live_members: g.live_members,
+                committed: g.committed.clone(),
+                lag: (0..d.partitions.len()).map(|p| d.lag(g, p)).collect(),
+            })
+            .collect(),
+        partitions: d
+            .partitions
+            .iter()
+            .map(|p| PartitionStatus {
+                head: p.head,
+                tail: p.tail,
+                overwrites: p.stats.overwrites,
+                lost: p.stats.lost,
+                holes: p.stats.holes,
+            })
+            .collect(),
+        name: d.name,
+        lease_id: d.lease_id,
+        overflow: overflow_name(d.overflow),
+        capacity: d.capacity,
+        stride: d.stride,
+        repairs: d.repairs,
+    }
+}
+
+/// A topic as a table for people: its partitions (head, tail, counters,
+/// each group's lag) and its groups.
+pub fn render_topic(t: &TopicStatus) -> String {
+    let mut out = format!(
+        "TOPIC {} (lease {}, {} records of up to {} bytes per partition, {}, {} repairs)\n",
+        t.name, t.lease_id, t.capacity, t.stride, t.overflow, t.repairs
+    );
+    let mut header = format!(
+        "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
+        "PARTITION", "HEAD", "TAIL", "OVERWRITES", "LOST", "HOLES"
+    );
+    for g in &t.groups {
+        header += &format!(" {:>12}", format!("LAG {}", g.name));
+    }
+    let _ = writeln!(out, "{header}");
+    for (i, p) in t.partitions.iter().enumerate() {
+        let mut row = format!(
+            "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
+            i, p.head, p.tail, p.overwrites, p.lost, p.holes
+        );
+        for g in &t.groups {
+            row += &format!(" {:>12}", g.lag[i]);
+        }
+        let _ = writeln!(out, "{row}");
+    }
+    for g in &t.groups {
+        let _ = writeln!(
+            out,
+            "group {}: {} live member(s){}, committed {:?}",
+            g.name,
+            g.live_members,
+            if g.holding {
+                ", holding producers back"
+            } else {
+                ""
+            },
+            g.committed
+        );
+    }
+    out
 }
 
 /// How an overflow policy is spelled in status and CLI output.
@@ -525,42 +574,7 @@ pub fn render(status: &Status) -> String {
         }
     }
     for t in &status.topics {
-        let _ = writeln!(
-            out,
-            "\nTOPIC {} (lease {}, {} records per partition, {}, {} repairs)",
-            t.name, t.lease_id, t.capacity, t.overflow, t.repairs
-        );
-        let mut header = format!(
-            "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
-            "PARTITION", "HEAD", "TAIL", "OVERWRITES", "LOST", "HOLES"
-        );
-        for g in &t.groups {
-            header += &format!(" {:>12}", format!("LAG {}", g.name));
-        }
-        let _ = writeln!(out, "{header}");
-        for (i, p) in t.partitions.iter().enumerate() {
-            let mut row = format!(
-                "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}",
-                i, p.head, p.tail, p.overwrites, p.lost, p.holes
-            );
-            for g in &t.groups {
-                row += &format!(" {:>12}", g.lag[i]);
-            }
-            let _ = writeln!(out, "{row}");
-        }
-        for g in &t.groups {
-            let _ = writeln!(
-                out,
-                "group {}: {} live member(s){}",
-                g.name,
-                g.live_members,
-                if g.holding {
-                    ", holding producers back"
-                } else {
-                    ""
-                }
-            );
-        }
+        let _ = write!(out, "\n{}", render_topic(t));
     }
     if let Some(group) = &status.workers {
         let _ = writeln!(

@@ -7,10 +7,10 @@ use std::time::{Duration, Instant};
 use clap::{Subcommand, ValueEnum};
 use grafos_worker::layout::topic::Read;
 use grafos_worker::mq::topic::{
-    DEFAULT_GROUP_RETENTION, Overflow, TopicConfig, TopicDescription, TopicManager, TopicOptions,
+    DEFAULT_GROUP_RETENTION, Overflow, TopicConfig, TopicManager, TopicOptions,
 };
 
-use crate::status::overflow_name;
+use crate::status::{overflow_name, render_topic, topic_status};
 
 /// What `grafos topic` does.
 #[derive(Subcommand)]
@@ -139,11 +139,11 @@ pub fn run(instance: &str, action: TopicAction) -> Result<(), String> {
             Ok(())
         }
         TopicAction::Describe { name, json } => {
-            let d = topics.describe(&name).map_err(text)?;
+            let t = topic_status(topics.describe(&name).map_err(text)?);
             if json {
-                println!("{}", describe_json(&d));
+                println!("{}", serde_json::to_string(&t).map_err(|e| e.to_string())?);
             } else {
-                print!("{}", describe_text(&d));
+                print!("{}", render_topic(&t));
             }
             Ok(())
         }
@@ -182,69 +182,6 @@ pub fn run(instance: &str, action: TopicAction) -> Result<(), String> {
             Ok(())
         }
     }
-}
-
-fn describe_text(d: &TopicDescription) -> String {
-    let mut out = format!(
-        "topic {} (lease {}): {} partitions, {} records of up to {} bytes each, {}, {} producer entries, {} repairs\n",
-        d.name,
-        d.lease_id,
-        d.partitions.len(),
-        d.capacity,
-        d.stride,
-        overflow_name(d.overflow),
-        d.participants,
-        d.repairs
-    );
-    out += &format!(
-        "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}\n",
-        "PARTITION", "HEAD", "TAIL", "OVERWRITES", "LOST", "HOLES"
-    );
-    for (i, p) in d.partitions.iter().enumerate() {
-        out += &format!(
-            "{:>9} {:>12} {:>12} {:>10} {:>8} {:>6}\n",
-            i, p.head, p.tail, p.stats.overwrites, p.stats.lost, p.stats.holes
-        );
-    }
-    for g in &d.groups {
-        let lags: Vec<String> = (0..d.partitions.len())
-            .map(|p| format!("{}:{}", p, d.lag(g, p)))
-            .collect();
-        out += &format!(
-            "group {}: {} live member(s){}, committed {:?}, lag {}\n",
-            g.name,
-            g.live_members,
-            if g.holding {
-                ", holding producers back"
-            } else {
-                ""
-            },
-            g.committed,
-            lags.join(" ")
-        );
-    }
-    out
-}
-
-fn describe_json(d: &TopicDescription) -> String {
-    let value = serde_json::json!({
-        "name": d.name,
-        "lease_id": d.lease_id,
-        "capacity": d.capacity,
-        "stride": d.stride,
-        "overflow": overflow_name(d.overflow),
-        "repairs": d.repairs,
-        "partitions": d.partitions.iter().map(|p| serde_json::json!({
-            "head": p.head, "tail": p.tail, "overwrites": p.stats.overwrites,
-            "lost": p.stats.lost, "holes": p.stats.holes,
-        })).collect::<Vec<_>>(),
-        "groups": d.groups.iter().map(|g| serde_json::json!({
-            "name": g.name, "holding": g.holding, "live_members": g.live_members,
-            "committed": g.committed,
-            "lag": (0..d.partitions.len()).map(|p| d.lag(g, p)).collect::<Vec<_>>(),
-        })).collect::<Vec<_>>(),
-    });
-    value.to_string()
 }
 
 fn tail(
