@@ -128,11 +128,12 @@ impl State {
     }
 
     fn word(self) -> u64 {
-        (u64::from(self.lap) << 32) | ((self.tag as u64) << OWNER_BITS) | u64::from(self.owner)
+        pack_state(self.lap, self.tag as u8, self.owner)
     }
 
     fn decode(word: u64) -> Result<State, QueueError> {
-        let tag = match (word >> OWNER_BITS) & 0xFF {
+        let (lap, tag, owner) = unpack_state(word);
+        let tag = match tag {
             0 => Tag::Free,
             1 => Tag::Writing,
             2 => Tag::Ready,
@@ -140,12 +141,25 @@ impl State {
             4 => Tag::Tomb,
             _ => return Err(QueueError::Corrupt("unknown slot tag")),
         };
-        Ok(State {
-            lap: (word >> 32) as u32,
-            tag,
-            owner: (word & OWNER_MASK) as u32,
-        })
+        Ok(State { lap, tag, owner })
     }
+}
+
+/// A slot state word `lap << 32 | tag << 24 | owner`, the layout the
+/// queue's slots and the topic's partitions share.
+#[inline]
+pub(crate) fn pack_state(lap: u32, tag: u8, owner: u32) -> u64 {
+    (u64::from(lap) << 32) | (u64::from(tag) << OWNER_BITS) | (u64::from(owner) & OWNER_MASK)
+}
+
+/// `(lap, tag, owner)` of a slot state word.
+#[inline]
+pub(crate) fn unpack_state(word: u64) -> (u32, u8, u32) {
+    (
+        (word >> 32) as u32,
+        ((word >> OWNER_BITS) & 0xFF) as u8,
+        (word & OWNER_MASK) as u32,
+    )
 }
 
 /// Why a queue operation failed.

@@ -50,7 +50,7 @@ use crate::crash::{self, CrashPoint};
 use crate::edge::RingBytes;
 use crate::map::hash_key;
 use crate::mutant::{self, Mutant, order};
-use crate::queue::{Blocker, Incarnation, OWNER_BITS};
+use crate::queue::{Blocker, Incarnation, OWNER_BITS, pack_state, unpack_state};
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::wait::{Futex, WaitPoint, Waiter};
 
@@ -148,22 +148,19 @@ impl State {
     }
 
     fn word(self) -> u64 {
-        (u64::from(self.stamp) << 32) | ((self.tag as u64) << OWNER_BITS) | u64::from(self.owner)
+        pack_state(self.stamp, self.tag as u8, self.owner)
     }
 
     fn decode(word: u64) -> Result<State, TopicError> {
-        let tag = match (word >> OWNER_BITS) & 0xFF {
+        let (stamp, tag, owner) = unpack_state(word);
+        let tag = match tag {
             0 => Tag::Empty,
             1 => Tag::Writing,
             2 => Tag::Ready,
             3 => Tag::Tomb,
             _ => return Err(TopicError::Corrupt("unknown slot tag")),
         };
-        Ok(State {
-            stamp: (word >> 32) as u32,
-            tag,
-            owner: (word & OWNER_MASK) as u32,
-        })
+        Ok(State { stamp, tag, owner })
     }
 }
 
