@@ -175,6 +175,33 @@ pub struct TopicGroupStatus {
     pub committed: Vec<u64>,
     /// Records appended and not committed, per partition.
     pub lag: Vec<u64>,
+    /// Rebalances so far (the group generation).
+    pub generation: u64,
+    /// Members evicted because their process died.
+    pub evicted_dead: u64,
+    /// Members evicted for silence past the session timeout.
+    pub evicted_silent: u64,
+    /// Partitions that changed owner.
+    pub moved: u64,
+    /// The session timeout, in ms.
+    pub session_ms: u64,
+    /// Named members and their partitions.
+    pub members: Vec<GroupMemberStatus>,
+}
+
+/// A named member of a consumer group.
+#[derive(Debug, Serialize)]
+pub struct GroupMemberStatus {
+    /// Its name.
+    pub name: String,
+    /// Its process.
+    pub pid: u32,
+    /// Milliseconds since its last heartbeat.
+    pub heartbeat_age_ms: u64,
+    /// The partitions it owns.
+    pub partitions: Vec<u32>,
+    /// Their summed lag.
+    pub lag: u64,
 }
 
 /// A FabricHashMap in a memory lease.
@@ -381,6 +408,22 @@ pub fn topic_status(d: TopicDescription) -> TopicStatus {
                 live_members: g.live_members,
                 committed: g.committed.clone(),
                 lag: (0..d.partitions.len()).map(|p| d.lag(g, p)).collect(),
+                generation: g.coordination.generation,
+                evicted_dead: g.coordination.evicted_dead,
+                evicted_silent: g.coordination.evicted_silent,
+                moved: g.coordination.moved,
+                session_ms: g.coordination.session_ms,
+                members: g
+                    .members
+                    .iter()
+                    .map(|m| GroupMemberStatus {
+                        name: m.name.clone(),
+                        pid: m.pid,
+                        heartbeat_age_ms: unix_time_ms().saturating_sub(m.heartbeat_ms),
+                        lag: m.partitions.iter().map(|&p| d.lag(g, p as usize)).sum(),
+                        partitions: m.partitions.clone(),
+                    })
+                    .collect(),
             })
             .collect(),
         partitions: d
@@ -441,6 +484,20 @@ pub fn render_topic(t: &TopicStatus) -> String {
             },
             g.committed
         );
+        if g.generation > 0 {
+            let _ = writeln!(
+                out,
+                "  generation {}, {} partition move(s), evicted {} dead and {} silent (session {} ms)",
+                g.generation, g.moved, g.evicted_dead, g.evicted_silent, g.session_ms
+            );
+        }
+        for m in &g.members {
+            let _ = writeln!(
+                out,
+                "  member {:<16} pid {:<8} heartbeat {:>6} ms ago  partitions {:?}  lag {}",
+                m.name, m.pid, m.heartbeat_age_ms, m.partitions, m.lag
+            );
+        }
     }
     out
 }

@@ -1283,6 +1283,13 @@ impl Supervisor {
             Err(FabricError::Topic { .. } | FabricError::LeaseExpired(_)) => {}
             Err(e) => tracing::warn!(topic = %object, "topic repair: {e}"),
         }
+        // A dead member's partitions go to the group's others now, not
+        // when one of them next looks.
+        match topic.evict_all_groups() {
+            Ok(made) => self.counters().add(Counter::GroupRebalances, made),
+            Err(FabricError::Topic { .. } | FabricError::LeaseExpired(_)) => {}
+            Err(e) => tracing::warn!(topic = %object, "group rebalance: {e}"),
+        }
     }
 
     /// Maps the instance's hash maps and topics (memory leases whose body

@@ -338,11 +338,14 @@ pub enum Counter {
     /// Dead producers' topic claims turned into tombstones by the
     /// supervisor.
     TopicClaimsRepaired = 22,
+    /// Consumer groups rebalanced by the supervisor after a member's
+    /// process died (members also rebalance on their own).
+    GroupRebalances = 23,
 }
 
 impl Counter {
     /// Every counter, in slot order.
-    pub const ALL: [Counter; 23] = [
+    pub const ALL: [Counter; 24] = [
         Counter::LeasesAcquired,
         Counter::LeasesRenewed,
         Counter::LeasesReleased,
@@ -366,6 +369,7 @@ impl Counter {
         Counter::MapRepairs,
         Counter::StuckReadersKilled,
         Counter::TopicClaimsRepaired,
+        Counter::GroupRebalances,
     ];
 
     /// The name `grafos status` shows.
@@ -393,6 +397,7 @@ impl Counter {
             Counter::MapRepairs => "map_repairs",
             Counter::StuckReadersKilled => "stuck_readers_killed",
             Counter::TopicClaimsRepaired => "topic_claims_repaired",
+            Counter::GroupRebalances => "group_rebalances",
             Counter::Redeliveries => "redeliveries",
         }
     }

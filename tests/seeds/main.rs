@@ -13,6 +13,7 @@
 #[path = "../common/harness.rs"]
 mod harness;
 
+mod recipe31;
 mod recipe8;
 mod stream;
 mod topics;
@@ -71,11 +72,46 @@ const ALL: &[(&str, Seed)] = &[
         "topic_backpressure_waits_for_commits",
         topics::backpressure_waits_for_commits,
     ),
+    (
+        "recipe31_object_events_round_trip",
+        recipe31::object_events_round_trip,
+    ),
+    (
+        "recipe31_a_moved_partition_fences_the_old_member",
+        recipe31::a_moved_partition_fences_the_old_member,
+    ),
+    (
+        "recipe31_a_silent_member_times_out",
+        recipe31::a_silent_member_times_out,
+    ),
+    (
+        "recipe31_a_dead_member_loses_partitions_at_once",
+        recipe31::a_dead_member_loses_partitions_at_once,
+    ),
+    (
+        "recipe31_failing_records_go_to_the_dead_letter_topic",
+        recipe31::failing_records_go_to_the_dead_letter_topic,
+    ),
+    (
+        "recipe31_jobs_retry_and_store_outputs_once",
+        recipe31::jobs_retry_and_store_outputs_once,
+    ),
+    (
+        "recipe31_one_put_fans_out_to_several_groups",
+        recipe31::one_put_fans_out_to_several_groups,
+    ),
+    (
+        "recipe31_stages_chain_through_a_second_topic",
+        recipe31::stages_chain_through_a_second_topic,
+    ),
 ];
 
 fn main() {
     if let Ok(role) = std::env::var(recipe8::PEER_ENV) {
         return recipe8::peer(&role);
+    }
+    if let Ok(name) = std::env::var(recipe31::MEMBER_ENV) {
+        return recipe31::member(&name);
     }
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())

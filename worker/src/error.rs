@@ -163,6 +163,18 @@ impl From<std::convert::Infallible> for FabricError {
 pub type Result<T, E = FabricError> = std::result::Result<T, E>;
 
 impl FabricError {
+    /// Whether a consumer group refused a commit because the partition
+    /// moved to another member ([`TopicError::Fenced`]).
+    pub fn is_fenced(&self) -> bool {
+        matches!(
+            self,
+            FabricError::Topic {
+                source: grafos_shm_layout::topic::TopicError::Fenced { .. },
+                ..
+            }
+        )
+    }
+
     /// `IoError` with the error's number (`EIO` if it has none).
     pub fn from_io(error: &std::io::Error) -> FabricError {
         FabricError::IoError(error.raw_os_error().unwrap_or(libc::EIO))

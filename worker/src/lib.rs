@@ -44,6 +44,7 @@ pub mod fence;
 pub mod futex;
 pub mod host;
 pub mod instance;
+pub mod jobs;
 pub mod kv;
 mod lease;
 pub mod leasekit;

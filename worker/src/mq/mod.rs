@@ -24,9 +24,13 @@
 //! * [`topic`]: topics and their partitions (multi-producer ring logs).
 //! * [`producer`]: appends, round-robin or by key.
 //! * [`consumer`]: reads a set of partitions for a consumer group.
+//! * [`dlq`]: dead letters for records that keep failing.
+//! * [`group`]: members of a consumer group sharing the partitions.
 //! * [`offset`]: where groups' committed offsets are kept.
 
 pub mod consumer;
+pub mod dlq;
+pub mod group;
 pub mod offset;
 pub mod producer;
 pub mod topic;

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use grafos_shm_layout::queue::Blocker;
 use grafos_shm_layout::topic::{
-    self as layout, CONTROL_SIZE, ClaimSeen, Geometry, GroupId, Member, Partition,
-    PartitionControl, PartitionStats, Read, TOPIC_MAGIC, TopicControl, TopicError, TopicParams,
+    self as layout, CONTROL_SIZE, ClaimSeen, CoordStats, Geometry, GroupId, Member, MemberId,
+    Owned, Partition, PartitionControl, PartitionStats, Read, Rebalance, TOPIC_MAGIC, TopicControl,
+    TopicError, TopicParams,
 };
 use grafos_shm_layout::wait::wait_any;
 
@@ -348,6 +349,24 @@ pub struct GroupDescription {
     pub last_active_ms: u64,
     /// Committed offset per partition.
     pub committed: Vec<u64>,
+    /// Generation, session timeout and rebalance counters.
+    pub coordination: CoordStats,
+    /// Named members ([`crate::mq::group::ConsumerGroup`]) and their
+    /// partitions.
+    pub members: Vec<MemberDescription>,
+}
+
+/// A named member of a consumer group in a [`GroupDescription`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberDescription {
+    /// Its name.
+    pub name: String,
+    /// Its process.
+    pub pid: u32,
+    /// Unix milliseconds of its last heartbeat.
+    pub heartbeat_ms: u64,
+    /// The partitions it owns.
+    pub partitions: Vec<u32>,
 }
 
 /// One partition's view in a [`TopicDescription`].
@@ -877,6 +896,79 @@ impl Topic {
         Ok(())
     }
 
+    /// Joins (or finds) member `name` of `group`; see
+    /// [`TopicControl::claim_member`].
+    pub(crate) fn claim_member(
+        &self,
+        group: GroupId,
+        name: &str,
+        session_ms: u64,
+    ) -> Result<(MemberId, Vec<Owned>)> {
+        self.ctrl()
+            .claim_member(
+                group,
+                name,
+                me(),
+                unix_time_ms(),
+                session_ms,
+                is_dead,
+                &self.all(),
+            )
+            .map_err(|e| self.layout_error(e))
+    }
+
+    /// A heartbeat of `member`; the group's generation.
+    pub(crate) fn heartbeat(&self, group: GroupId, member: MemberId) -> Result<u64> {
+        self.ctrl()
+            .heartbeat(group, member, me(), unix_time_ms())
+            .map_err(|e| self.layout_error(e))
+    }
+
+    /// `group`'s generation (bumped by every rebalance).
+    pub(crate) fn generation(&self, group: GroupId) -> u64 {
+        self.ctrl().generation(group)
+    }
+
+    /// Evicts `group`'s dead and silent members and rebalances, if any.
+    pub fn evict_members(&self, group: GroupId) -> Result<Option<Rebalance>> {
+        self.ctrl()
+            .evict_members(group, me(), unix_time_ms(), is_dead, &self.all())
+            .map_err(|e| self.layout_error(e))
+    }
+
+    /// Evicts the dead and silent members of every group, rebalancing
+    /// those that had any (the supervisor's call when a process died).
+    /// Returns the rebalances made.
+    pub fn evict_all_groups(&self) -> Result<u64> {
+        let mut made = 0;
+        for (group, _) in self.ctrl().groups() {
+            made += u64::from(self.evict_members(group)?.is_some());
+        }
+        Ok(made)
+    }
+
+    /// Removes `member` from `group` and rebalances.
+    pub(crate) fn leave_member(&self, group: GroupId, member: MemberId) -> Result<()> {
+        self.ctrl()
+            .leave_member(group, member, me(), unix_time_ms(), is_dead, &self.all())
+            .map_err(|e| self.layout_error(e))
+    }
+
+    /// The partitions `member` owns now.
+    pub(crate) fn assignment(&self, group: GroupId, member: MemberId) -> Vec<Owned> {
+        self.ctrl().assignment(group, member, &self.all())
+    }
+
+    /// Commits `offset` in the partition `owned` names, if still owned.
+    pub(crate) fn commit_owned(&self, group: GroupId, owned: Owned, offset: u64) -> Result<()> {
+        let p = self.partition(owned.partition as u32)?;
+        self.ctrl()
+            .commit_owned(group, &p, owned, offset, &LinuxFutex)
+            .map_err(|e| self.layout_error(e))?;
+        self.ctrl().touch(group, unix_time_ms());
+        Ok(())
+    }
+
     /// Notes that a member of `group` polled.
     pub(crate) fn touch(&self, group: GroupId) {
         self.ctrl().touch(group, unix_time_ms());
@@ -948,6 +1040,22 @@ impl Topic {
                         .count(),
                     last_active_ms: ctrl.last_active_ms(id),
                     committed: parts.iter().map(|p| p.cursor(id)).collect(),
+                    coordination: ctrl.coord_stats(id),
+                    members: ctrl
+                        .group_members(id)
+                        .into_iter()
+                        .map(|m| MemberDescription {
+                            pid: crate::process::ProcessId::unpack(m.token).pid,
+                            partitions: parts
+                                .iter()
+                                .enumerate()
+                                .filter(|(_, p)| ctrl.owner(id, p) == Some(m.id.slot()))
+                                .map(|(i, _)| i as u32)
+                                .collect(),
+                            name: m.name,
+                            heartbeat_ms: m.heartbeat_ms,
+                        })
+                        .collect(),
                 })
                 .collect(),
         }
@@ -1001,7 +1109,7 @@ fn find_name(instance: &str, lease_id: u64) -> Option<String> {
 }
 
 /// Layout constants callers may want.
-pub use layout::{GROUP_NAME_MAX, MAX_PARTITIONS};
+pub use layout::{GROUP_NAME_MAX, MAX_PARTITIONS, MEMBER_NAME_MAX};
 
 #[cfg(test)]
 mod tests {

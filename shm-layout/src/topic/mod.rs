@@ -44,6 +44,12 @@
 
 use std::time::Instant;
 
+mod group;
+pub use group::{
+    CoordStats, GROUP_COORD_SIZE, MEMBER_NAME_MAX, MemberId, MemberInfo, Owned, Rebalance,
+};
+use group::{GroupCoord, OwnerLine};
+
 use bytemuck::{Pod, Zeroable};
 
 use crate::crash::{self, CrashPoint};
@@ -85,9 +91,9 @@ pub const MAX_GROUPS: usize = 16;
 pub const MAX_GROUPS: usize = 2;
 
 /// Size of [`TopicControl`] in a segment.
-pub const CONTROL_SIZE: u64 = 3328;
+pub const CONTROL_SIZE: u64 = 3328 + GROUP_COORD_SIZE * MAX_GROUPS as u64;
 /// Size of each [`PartitionControl`].
-pub const PARTITION_CONTROL_SIZE: u64 = 640;
+pub const PARTITION_CONTROL_SIZE: u64 = 768;
 
 const OWNER_MASK: u64 = (1 << OWNER_BITS) - 1;
 /// A group entry's state while its name is being written.
@@ -188,6 +194,21 @@ pub enum TopicError {
     TooManyParticipants,
     /// Every consumer group entry is in use.
     TooManyGroups,
+    /// Every member entry of the consumer group is held by a live member.
+    TooManyMembers,
+    /// A member name is empty or longer than [`MEMBER_NAME_MAX`].
+    BadMemberName,
+    /// Another live process is a member of the group under that name.
+    MemberTaken,
+    /// The member is no longer in the group (evicted as dead or silent,
+    /// or it left): it must claim again.
+    NotMember,
+    /// The partition moved to another member since this one was handed
+    /// it: the commit was refused.
+    Fenced {
+        /// The partition.
+        partition: u64,
+    },
     /// A group name is empty or longer than [`GROUP_NAME_MAX`].
     BadGroupName,
     /// A live process holds the topic's admin lock; try again later.
@@ -220,6 +241,25 @@ impl std::fmt::Display for TopicError {
             TopicError::TooManyGroups => {
                 write!(f, "all {MAX_GROUPS} consumer group entries are in use")
             }
+            TopicError::TooManyMembers => write!(
+                f,
+                "all {GROUP_MEMBERS} member entries of the group are held by live members"
+            ),
+            TopicError::BadMemberName => {
+                write!(f, "a member name has 1 to {MEMBER_NAME_MAX} bytes")
+            }
+            TopicError::MemberTaken => write!(
+                f,
+                "another live process is a member of the group under that name"
+            ),
+            TopicError::NotMember => write!(
+                f,
+                "no longer a member of the group (evicted or left); claim again"
+            ),
+            TopicError::Fenced { partition } => write!(
+                f,
+                "partition {partition} moved to another member; the commit was refused"
+            ),
             TopicError::BadGroupName => {
                 write!(f, "a group name has 1 to {GROUP_NAME_MAX} bytes")
             }
@@ -440,6 +480,8 @@ pub struct TopicControl {
     admin: Line<Admin>,
     participants: Line<[Entry; MAX_PARTICIPANTS]>,
     groups: Line<[GroupEntry; MAX_GROUPS]>,
+    /// Membership and ownership of each group (see [`group`]).
+    coords: Line<[GroupCoord; MAX_GROUPS]>,
 }
 
 /// Per-partition rarely-written counters (Relaxed).
@@ -473,6 +515,8 @@ pub struct PartitionControl {
     counters: Line<PartitionCounters>,
     /// Committed offset of each group in this partition.
     cursors: Line<[AtomicU64; MAX_GROUPS]>,
+    /// Owner word of each group in this partition (see [`group`]).
+    owners: OwnerLine,
 }
 
 #[cfg(not(loom))]
@@ -489,6 +533,8 @@ const _: () = {
     assert!(offset_of!(PartitionControl, space_wait) == 256);
     assert!(offset_of!(PartitionControl, counters) == 384);
     assert!(offset_of!(PartitionControl, cursors) == 512);
+    assert!(offset_of!(PartitionControl, owners) == 640);
+    assert!(offset_of!(TopicControl, coords) == 3328);
 };
 
 fn zero<const N: usize>() -> [AtomicU64; N] {
@@ -518,6 +564,7 @@ impl TopicControl {
                 name: zero(),
                 members: zero(),
             })),
+            coords: Line(std::array::from_fn(|_| GroupCoord::new())),
         }
     }
 
@@ -1123,6 +1170,7 @@ impl PartitionControl {
                 full: AtomicU64::new(0),
             }),
             cursors: Line(zero()),
+            owners: PartitionControl::new_owners(),
         }
     }
 }

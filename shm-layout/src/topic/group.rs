@@ -1,0 +1,866 @@
+//! Consumer group coordination: named members, partition ownership and
+//! the group generation that fences members whose partitions moved.
+//!
+//! Each group entry of a topic has a [`GroupCoord`] (members with their
+//! holder token, name, heartbeat and the generation they joined at; the
+//! group's generation and counters), and each partition control block has
+//! one owner word per group: `generation << 8 | (member slot + 1)`, the
+//! generation being the one at which the partition was handed to that
+//! member (0: nobody owns it).
+//!
+//! Every change of membership or ownership happens under the topic's
+//! admin lock ([`TopicControl::lock_waiting`], taken over from a dead
+//! holder), so it is a lock, not a lock-free algorithm: a *rebalance*
+//! evicts dead members (told by the holder token's liveness) and silent
+//! ones (no heartbeat within the session timeout), keeps each surviving
+//! member's partitions up to its share, hands the rest out, writes their
+//! owner words, and then bumps the generation (Release), so a member that
+//! loads the new generation (Acquire) sees the owner words written before
+//! it. Outside the lock members only heartbeat (a Relaxed store of their
+//! own heartbeat word) and load the generation.
+//!
+//! **Fencing.** A member caches the owner word of each partition it was
+//! given. A commit ([`TopicControl::commit_owned`]) loads the partition's
+//! owner word and commits only if it is unchanged: a partition that moved
+//! (to another member, or back to the same member at a later generation)
+//! refuses commits made for the earlier assignment. A commit racing the
+//! rebalance that moves its partition can still land if its check came
+//! first; that commit is for records its member read, and cursors never
+//! move back, so the new owner at worst reads again records already
+//! handled (delivery is at-least-once).
+
+use super::{GROUP_MEMBERS, Line, Partition, PartitionControl, TopicControl, TopicError};
+use crate::edge::RingBytes;
+use crate::sync::{AtomicU64, Ordering};
+use crate::wait::Futex;
+
+/// Longest member name, in bytes.
+pub const MEMBER_NAME_MAX: usize = 32;
+
+/// Size of one group's [`GroupCoord`] in the topic's control block.
+pub const GROUP_COORD_SIZE: u64 = 640;
+
+/// One member entry (64 bytes).
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct MemberSlot {
+    /// Holder token of the member's process (0: free).
+    token: AtomicU64,
+    /// Unix milliseconds of the member's last heartbeat.
+    heartbeat_ms: AtomicU64,
+    /// The group generation at which the member joined.
+    joined: AtomicU64,
+    /// The name's length in bytes.
+    name_len: AtomicU64,
+    /// The name's bytes, little-endian words, zero-padded.
+    name: [AtomicU64; MEMBER_NAME_MAX / 8],
+}
+
+/// Membership and counters of one consumer group ([`GROUP_COORD_SIZE`]
+/// bytes).
+#[repr(C)]
+#[derive(Debug)]
+pub(super) struct GroupCoord {
+    /// Bumped by every rebalance (0 before the first).
+    generation: AtomicU64,
+    /// The session timeout the members last claimed with, in ms.
+    session_ms: AtomicU64,
+    /// Members evicted because their process was dead.
+    evicted_dead: AtomicU64,
+    /// Members evicted because they were silent past the session timeout.
+    evicted_silent: AtomicU64,
+    /// Partitions handed from one member (or from nobody) to another.
+    moved: AtomicU64,
+    /// Unix milliseconds of the last rebalance.
+    last_rebalance_ms: AtomicU64,
+    _reserved: [AtomicU64; 2],
+    members: [MemberSlot; GROUP_MEMBERS],
+    _tail: [AtomicU64; 8],
+}
+
+#[cfg(not(loom))]
+const _: () = {
+    assert!(std::mem::size_of::<MemberSlot>() == 64);
+    assert!(std::mem::size_of::<GroupCoord>() == GROUP_COORD_SIZE as usize);
+};
+
+fn zero<const N: usize>() -> [AtomicU64; N] {
+    std::array::from_fn(|_| AtomicU64::new(0))
+}
+
+impl GroupCoord {
+    pub(super) fn new() -> GroupCoord {
+        GroupCoord {
+            generation: AtomicU64::new(0),
+            session_ms: AtomicU64::new(0),
+            evicted_dead: AtomicU64::new(0),
+            evicted_silent: AtomicU64::new(0),
+            moved: AtomicU64::new(0),
+            last_rebalance_ms: AtomicU64::new(0),
+            _reserved: zero(),
+            members: std::array::from_fn(|_| MemberSlot {
+                token: AtomicU64::new(0),
+                heartbeat_ms: AtomicU64::new(0),
+                joined: AtomicU64::new(0),
+                name_len: AtomicU64::new(0),
+                name: zero(),
+            }),
+            _tail: zero(),
+        }
+    }
+}
+
+/// The owner words of a partition, one per group (a line of its control
+/// block).
+pub(super) type OwnerLine = Line<[AtomicU64; super::MAX_GROUPS]>;
+
+/// A member's entry and the generation it joined at (its identity: the
+/// entry may later be reused by another member).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct MemberId {
+    slot: usize,
+    joined: u64,
+}
+
+impl MemberId {
+    /// The member's entry index.
+    pub fn slot(self) -> usize {
+        self.slot
+    }
+
+    /// The generation it joined at.
+    pub fn joined(self) -> u64 {
+        self.joined
+    }
+}
+
+/// A partition handed to a member, with the owner word that fences its
+/// commits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Owned {
+    /// The partition.
+    pub partition: u64,
+    /// Its owner word when handed over.
+    pub word: u64,
+}
+
+/// What a rebalance did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Rebalance {
+    /// The generation it made.
+    pub generation: u64,
+    /// Members evicted for being dead.
+    pub evicted_dead: u64,
+    /// Members evicted for being silent.
+    pub evicted_silent: u64,
+    /// Partitions that changed owner.
+    pub moved: u64,
+}
+
+/// A member as seen in the group's table.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberInfo {
+    /// Its entry and joining generation.
+    pub id: MemberId,
+    /// Its name.
+    pub name: String,
+    /// Holder token of its process.
+    pub token: u64,
+    /// Unix milliseconds of its last heartbeat.
+    pub heartbeat_ms: u64,
+}
+
+/// A group's coordination counters.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CoordStats {
+    /// The current generation (number of rebalances).
+    pub generation: u64,
+    /// The session timeout in ms.
+    pub session_ms: u64,
+    /// Members evicted for being dead.
+    pub evicted_dead: u64,
+    /// Members evicted for being silent.
+    pub evicted_silent: u64,
+    /// Partitions that changed owner.
+    pub moved: u64,
+    /// Unix milliseconds of the last rebalance.
+    pub last_rebalance_ms: u64,
+}
+
+/// The owner word of a partition handed to `slot` at `generation`.
+fn owner_word(generation: u64, slot: usize) -> u64 {
+    generation << 8 | (slot as u64 + 1)
+}
+
+/// `(generation, slot)` of an owner word; `None` for "nobody".
+fn decode_owner(word: u64) -> Option<(u64, usize)> {
+    let slot = (word & 0xFF) as usize;
+    (slot != 0 && slot <= GROUP_MEMBERS).then(|| (word >> 8, slot - 1))
+}
+
+fn name_words(name: &str) -> Result<[u64; MEMBER_NAME_MAX / 8], TopicError> {
+    if name.is_empty() || name.len() > MEMBER_NAME_MAX {
+        return Err(TopicError::BadMemberName);
+    }
+    let mut padded = [0u8; MEMBER_NAME_MAX];
+    padded[..name.len()].copy_from_slice(name.as_bytes());
+    Ok(std::array::from_fn(|i| {
+        u64::from_le_bytes(padded[i * 8..i * 8 + 8].try_into().expect("8 bytes"))
+    }))
+}
+
+impl MemberSlot {
+    fn has_name(&self, len: usize, words: &[u64; MEMBER_NAME_MAX / 8]) -> bool {
+        self.name_len.load(Ordering::Relaxed) == len as u64
+            && self
+                .name
+                .iter()
+                .zip(words)
+                .all(|(w, &v)| w.load(Ordering::Relaxed) == v)
+    }
+
+    fn name(&self) -> Option<String> {
+        let len = self.name_len.load(Ordering::Relaxed) as usize;
+        if len == 0 || len > MEMBER_NAME_MAX {
+            return None;
+        }
+        let bytes: Vec<u8> = self
+            .name
+            .iter()
+            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
+            .take(len)
+            .collect();
+        String::from_utf8(bytes).ok()
+    }
+
+    fn clear(&self) {
+        // Release: whoever sees the entry free sees the name gone.
+        self.name_len.store(0, Ordering::Relaxed);
+        self.token.store(0, Ordering::Release);
+    }
+}
+
+impl TopicControl {
+    fn coord(&self, group: super::GroupId) -> &GroupCoord {
+        &self.coords.0[group.index()]
+    }
+
+    /// Joins `name` to `group` for the process `token` (or finds it a
+    /// member already), with `session_ms` as the group's session timeout,
+    /// and rebalances if membership changed. A member of that name held by
+    /// a dead process is replaced; held by another live process it is an
+    /// error. Returns the member and the partitions it owns.
+    ///
+    /// # Errors
+    /// `BadMemberName`, `MemberTaken`, `TooManyMembers`, `AdminBusy`.
+    #[allow(clippy::too_many_arguments)] // the lock's and the rebalance's inputs
+    pub fn claim_member<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        name: &str,
+        token: u64,
+        now_ms: u64,
+        session_ms: u64,
+        is_dead: impl Fn(u64) -> bool,
+        partitions: &[Partition<'_, M>],
+    ) -> Result<(MemberId, Vec<Owned>), TopicError> {
+        let words = name_words(name)?;
+        let _lock = self.lock_waiting(token, &is_dead)?;
+        let coord = self.coord(group);
+        coord.session_ms.store(session_ms, Ordering::Relaxed);
+        let existing =
+            coord.members.iter().enumerate().find(|(_, m)| {
+                m.token.load(Ordering::Acquire) != 0 && m.has_name(name.len(), &words)
+            });
+        if let Some((slot, m)) = existing {
+            let holder = m.token.load(Ordering::Acquire);
+            if holder == token {
+                m.heartbeat_ms.store(now_ms, Ordering::Relaxed);
+                let id = MemberId {
+                    slot,
+                    joined: m.joined.load(Ordering::Relaxed),
+                };
+                // Evict whoever else is gone while the lock is held.
+                if self.evictable(group, now_ms, &is_dead) {
+                    self.rebalance_locked(group, now_ms, &is_dead, partitions);
+                }
+                return Ok((id, self.assignment(group, id, partitions)));
+            }
+            if !is_dead(holder) {
+                return Err(TopicError::MemberTaken);
+            }
+            coord.evicted_dead.fetch_add(1, Ordering::Relaxed);
+            m.clear();
+        }
+        let (slot, m) = coord
+            .members
+            .iter()
+            .enumerate()
+            .find(|(_, m)| m.token.load(Ordering::Acquire) == 0)
+            .or_else(|| {
+                // Full: evict the dead and silent, then look again.
+                self.evict_locked(group, now_ms, &is_dead);
+                coord
+                    .members
+                    .iter()
+                    .enumerate()
+                    .find(|(_, m)| m.token.load(Ordering::Acquire) == 0)
+            })
+            .ok_or(TopicError::TooManyMembers)?;
+        let joined = coord.generation.load(Ordering::Relaxed) + 1;
+        for (w, v) in m.name.iter().zip(words) {
+            w.store(v, Ordering::Relaxed);
+        }
+        m.name_len.store(name.len() as u64, Ordering::Relaxed);
+        m.joined.store(joined, Ordering::Relaxed);
+        m.heartbeat_ms.store(now_ms, Ordering::Relaxed);
+        m.token.store(token, Ordering::Release);
+        self.rebalance_locked(group, now_ms, &is_dead, partitions);
+        let id = MemberId { slot, joined };
+        Ok((id, self.assignment(group, id, partitions)))
+    }
+
+    /// Notes a heartbeat of `member` at `now_ms`; returns the group's
+    /// generation (a change since the member's last claim means its
+    /// partitions may have moved).
+    ///
+    /// # Errors
+    /// `NotMember` if the member was evicted (claim again).
+    pub fn heartbeat(
+        &self,
+        group: super::GroupId,
+        member: MemberId,
+        token: u64,
+        now_ms: u64,
+    ) -> Result<u64, TopicError> {
+        let coord = self.coord(group);
+        let m = coord
+            .members
+            .get(member.slot)
+            .ok_or(TopicError::NotMember)?;
+        if m.token.load(Ordering::Acquire) != token
+            || m.joined.load(Ordering::Relaxed) != member.joined
+        {
+            return Err(TopicError::NotMember);
+        }
+        m.heartbeat_ms.store(now_ms, Ordering::Relaxed);
+        // Acquire: owner words written before the generation are seen.
+        Ok(coord.generation.load(Ordering::Acquire))
+    }
+
+    /// The group's generation (Acquire: see [`TopicControl::heartbeat`]).
+    pub fn generation(&self, group: super::GroupId) -> u64 {
+        self.coord(group).generation.load(Ordering::Acquire)
+    }
+
+    /// Whether a member of `group` is dead or silent past the session
+    /// timeout at `now_ms` (one liveness check per member).
+    pub fn evictable(
+        &self,
+        group: super::GroupId,
+        now_ms: u64,
+        is_dead: &impl Fn(u64) -> bool,
+    ) -> bool {
+        let coord = self.coord(group);
+        let session = coord.session_ms.load(Ordering::Relaxed);
+        coord.members.iter().any(|m| {
+            let t = m.token.load(Ordering::Acquire);
+            t != 0
+                && (is_dead(t)
+                    || (session > 0
+                        && now_ms.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed)) > session))
+        })
+    }
+
+    /// Evicts the dead and silent members of `group` and rebalances, if
+    /// there are any (under the admin lock, waiting for a live holder up
+    /// to a second). `None` when nobody was evictable.
+    ///
+    /// # Errors
+    /// `AdminBusy`.
+    pub fn evict_members<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        token: u64,
+        now_ms: u64,
+        is_dead: impl Fn(u64) -> bool,
+        partitions: &[Partition<'_, M>],
+    ) -> Result<Option<Rebalance>, TopicError> {
+        if !self.evictable(group, now_ms, &is_dead) {
+            return Ok(None);
+        }
+        let _lock = self.lock_waiting(token, &is_dead)?;
+        if !self.evictable(group, now_ms, &is_dead) {
+            return Ok(None);
+        }
+        Ok(Some(
+            self.rebalance_locked(group, now_ms, &is_dead, partitions),
+        ))
+    }
+
+    /// Removes `member` from `group` (a clean leave) and rebalances.
+    ///
+    /// # Errors
+    /// `AdminBusy`.
+    pub fn leave_member<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        member: MemberId,
+        token: u64,
+        now_ms: u64,
+        is_dead: impl Fn(u64) -> bool,
+        partitions: &[Partition<'_, M>],
+    ) -> Result<(), TopicError> {
+        let _lock = self.lock_waiting(token, &is_dead)?;
+        let coord = self.coord(group);
+        let Some(m) = coord.members.get(member.slot) else {
+            return Ok(());
+        };
+        if m.token.load(Ordering::Acquire) == token
+            && m.joined.load(Ordering::Relaxed) == member.joined
+        {
+            m.clear();
+            self.rebalance_locked(group, now_ms, &is_dead, partitions);
+        }
+        Ok(())
+    }
+
+    /// The partitions `member` owns now. Read without the lock: the
+    /// generation is loaded before and after the owner words, and the
+    /// scan repeats while a rebalance ran in between.
+    pub fn assignment<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        member: MemberId,
+        partitions: &[Partition<'_, M>],
+    ) -> Vec<Owned> {
+        let coord = self.coord(group);
+        loop {
+            let before = coord.generation.load(Ordering::Acquire);
+            let owned: Vec<Owned> = partitions
+                .iter()
+                .enumerate()
+                .filter_map(|(p, part)| {
+                    let word = part.owners().0[group.index()].load(Ordering::Acquire);
+                    let (generation, slot) = decode_owner(word)?;
+                    (slot == member.slot && generation >= member.joined).then_some(Owned {
+                        partition: p as u64,
+                        word,
+                    })
+                })
+                .collect();
+            if coord.generation.load(Ordering::Acquire) == before {
+                return owned;
+            }
+        }
+    }
+
+    /// Commits `offset` for `group` in partition `p` if `owned` still
+    /// holds it (its owner word is unchanged).
+    ///
+    /// # Errors
+    /// `Fenced` if the partition moved since it was handed over.
+    pub fn commit_owned<M: RingBytes, F: Futex + ?Sized>(
+        &self,
+        group: super::GroupId,
+        partition: &Partition<'_, M>,
+        owned: Owned,
+        offset: u64,
+        futex: &F,
+    ) -> Result<(), TopicError> {
+        // Acquire: pairs with the rebalance's Release store of the word.
+        if partition.owners().0[group.index()].load(Ordering::Acquire) != owned.word {
+            return Err(TopicError::Fenced {
+                partition: owned.partition,
+            });
+        }
+        partition.commit(group, offset, futex);
+        Ok(())
+    }
+
+    /// The members of `group` now.
+    pub fn group_members(&self, group: super::GroupId) -> Vec<MemberInfo> {
+        self.coord(group)
+            .members
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, m)| {
+                let token = m.token.load(Ordering::Acquire);
+                if token == 0 {
+                    return None;
+                }
+                Some(MemberInfo {
+                    id: MemberId {
+                        slot,
+                        joined: m.joined.load(Ordering::Relaxed),
+                    },
+                    name: m.name()?,
+                    token,
+                    heartbeat_ms: m.heartbeat_ms.load(Ordering::Relaxed),
+                })
+            })
+            .collect()
+    }
+
+    /// The member entry that owns partition `p` for `group`, if any.
+    pub fn owner<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        partition: &Partition<'_, M>,
+    ) -> Option<usize> {
+        let word = partition.owners().0[group.index()].load(Ordering::Acquire);
+        let (generation, slot) = decode_owner(word)?;
+        let m = self.coord(group).members.get(slot)?;
+        (m.token.load(Ordering::Acquire) != 0 && generation >= m.joined.load(Ordering::Relaxed))
+            .then_some(slot)
+    }
+
+    /// The group's coordination counters.
+    pub fn coord_stats(&self, group: super::GroupId) -> CoordStats {
+        let c = self.coord(group);
+        CoordStats {
+            generation: c.generation.load(Ordering::Acquire),
+            session_ms: c.session_ms.load(Ordering::Relaxed),
+            evicted_dead: c.evicted_dead.load(Ordering::Relaxed),
+            evicted_silent: c.evicted_silent.load(Ordering::Relaxed),
+            moved: c.moved.load(Ordering::Relaxed),
+            last_rebalance_ms: c.last_rebalance_ms.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Clears the entries of dead and silent members (admin lock held).
+    fn evict_locked(
+        &self,
+        group: super::GroupId,
+        now_ms: u64,
+        is_dead: &impl Fn(u64) -> bool,
+    ) -> (u64, u64) {
+        let coord = self.coord(group);
+        let session = coord.session_ms.load(Ordering::Relaxed);
+        let (mut dead, mut silent) = (0, 0);
+        for m in &coord.members {
+            let t = m.token.load(Ordering::Acquire);
+            if t == 0 {
+                continue;
+            }
+            if is_dead(t) {
+                dead += 1;
+                m.clear();
+            } else if session > 0
+                && now_ms.saturating_sub(m.heartbeat_ms.load(Ordering::Relaxed)) > session
+            {
+                silent += 1;
+                m.clear();
+            }
+        }
+        coord.evicted_dead.fetch_add(dead, Ordering::Relaxed);
+        coord.evicted_silent.fetch_add(silent, Ordering::Relaxed);
+        (dead, silent)
+    }
+
+    /// Evicts, then hands out the partitions (admin lock held): each live
+    /// member keeps what it owns up to its share (the partition count
+    /// divided among the members, the remainder going to those owning the
+    /// most), the rest goes to members below their share. Owner words are
+    /// written before the generation is bumped (Release).
+    fn rebalance_locked<M: RingBytes>(
+        &self,
+        group: super::GroupId,
+        now_ms: u64,
+        is_dead: &impl Fn(u64) -> bool,
+        partitions: &[Partition<'_, M>],
+    ) -> Rebalance {
+        let (evicted_dead, evicted_silent) = self.evict_locked(group, now_ms, is_dead);
+        let coord = self.coord(group);
+        let generation = coord.generation.load(Ordering::Relaxed) + 1;
+        let g = group.index();
+        // Each live member: (slot, joined, name, currently owned).
+        let mut live: Vec<(usize, u64, String, usize)> = coord
+            .members
+            .iter()
+            .enumerate()
+            .filter(|(_, m)| m.token.load(Ordering::Acquire) != 0)
+            .map(|(slot, m)| {
+                (
+                    slot,
+                    m.joined.load(Ordering::Relaxed),
+                    m.name().unwrap_or_default(),
+                    0,
+                )
+            })
+            .collect();
+        let valid_owner = |word: u64, live: &[(usize, u64, String, usize)]| {
+            let (generation, slot) = decode_owner(word)?;
+            live.iter()
+                .position(|&(s, joined, _, _)| s == slot && generation >= joined)
+        };
+        for p in partitions {
+            if let Some(i) = valid_owner(p.owners().0[g].load(Ordering::Relaxed), &live) {
+                live[i].3 += 1;
+            }
+        }
+        // Members owning most come first and get the remainder.
+        live.sort_by(|a, b| b.3.cmp(&a.3).then_with(|| a.2.cmp(&b.2)));
+        let n = live.len();
+        let quota: Vec<usize> = (0..n)
+            .map(|i| partitions.len() / n.max(1) + usize::from(i < partitions.len() % n.max(1)))
+            .collect();
+        let mut kept = vec![0usize; n];
+        let mut orphans = Vec::new();
+        for (index, p) in partitions.iter().enumerate() {
+            let word = p.owners().0[g].load(Ordering::Relaxed);
+            match valid_owner(word, &live) {
+                Some(i) if kept[i] < quota[i] => kept[i] += 1,
+                _ => orphans.push((index, word)),
+            }
+        }
+        let mut moved = 0;
+        for (index, word) in orphans {
+            let new_word = match (0..n).find(|&i| kept[i] < quota[i]) {
+                Some(i) => {
+                    kept[i] += 1;
+                    owner_word(generation, live[i].0)
+                }
+                None => 0,
+            };
+            if new_word != word {
+                if new_word != 0 {
+                    moved += 1;
+                }
+                // Release (and the generation's Release below): a member
+                // that sees the word or the generation sees the rest.
+                partitions[index].owners().0[g].store(new_word, Ordering::Release);
+            }
+        }
+        coord.moved.fetch_add(moved, Ordering::Relaxed);
+        coord.last_rebalance_ms.store(now_ms, Ordering::Relaxed);
+        coord.generation.store(generation, Ordering::Release);
+        Rebalance {
+            generation,
+            evicted_dead,
+            evicted_silent,
+            moved,
+        }
+    }
+}
+
+impl<M: RingBytes> Partition<'_, M> {
+    /// The partition's owner words (one per group).
+    fn owners(&self) -> &OwnerLine {
+        &self.ctrl.owners
+    }
+}
+
+impl PartitionControl {
+    pub(super) fn new_owners() -> OwnerLine {
+        Line(zero())
+    }
+}
+
+#[cfg(all(test, not(loom)))]
+mod tests {
+    use super::*;
+    use crate::heap::{HeapTopic, NoFutex};
+    use crate::topic::Overflow;
+
+    const SESSION: u64 = 30_000;
+
+    fn alive(_: u64) -> bool {
+        false
+    }
+
+    fn parts(owned: &[Owned]) -> Vec<u64> {
+        owned.iter().map(|o| o.partition).collect()
+    }
+
+    #[test]
+    fn members_share_partitions_and_a_dead_one_loses_them_at_once() {
+        let t = HeapTopic::new(4, 8, 8, Overflow::Overwrite);
+        let all = t.partitions();
+        let g = t.ctrl.group("processors", 1, alive).unwrap();
+        let (m1, own1) = t
+            .ctrl
+            .claim_member(g, "worker-1", 11, 0, SESSION, alive, &all)
+            .unwrap();
+        assert_eq!(parts(&own1), vec![0, 1, 2, 3]);
+        let (m2, own2) = t
+            .ctrl
+            .claim_member(g, "worker-2", 12, 0, SESSION, alive, &all)
+            .unwrap();
+        let own1 = t.ctrl.assignment(g, m1, &all);
+        assert_eq!(own1.len(), 2);
+        assert_eq!(own2.len(), 2);
+        assert!(parts(&own1).iter().all(|p| !parts(&own2).contains(p)));
+        // worker-1 keeps what it still owns: only two partitions moved.
+        assert_eq!(t.ctrl.coord_stats(g).moved, 6);
+        let generation = t.ctrl.generation(g);
+
+        // worker-2's process dies: the next look evicts it and hands its
+        // partitions to worker-1, whatever the session timeout.
+        let dead = |t: u64| t == 12;
+        let r = t.ctrl.evict_members(g, 11, 1, dead, &all).unwrap().unwrap();
+        assert_eq!((r.evicted_dead, r.evicted_silent, r.moved), (1, 0, 2));
+        assert_eq!(t.ctrl.heartbeat(g, m1, 11, 2).unwrap(), generation + 1);
+        assert_eq!(parts(&t.ctrl.assignment(g, m1, &all)), vec![0, 1, 2, 3]);
+        assert_eq!(t.ctrl.heartbeat(g, m2, 12, 2), Err(TopicError::NotMember));
+        assert_eq!(t.ctrl.evict_members(g, 11, 3, dead, &all).unwrap(), None);
+    }
+
+    #[test]
+    fn a_moved_partition_refuses_the_old_owners_commit() {
+        let t = HeapTopic::new(2, 8, 8, Overflow::Overwrite);
+        let all = t.partitions();
+        let g = t.ctrl.group("g", 1, alive).unwrap();
+        let (_, own1) = t
+            .ctrl
+            .claim_member(g, "a", 11, 0, SESSION, alive, &all)
+            .unwrap();
+        assert_eq!(own1.len(), 2);
+        t.ctrl
+            .commit_owned(g, &all[1], own1[1], 3, &NoFutex)
+            .unwrap();
+        let (_, own2) = t
+            .ctrl
+            .claim_member(g, "b", 12, 0, SESSION, alive, &all)
+            .unwrap();
+        let moved = own2[0];
+        let stale = own1[moved.partition as usize];
+        let p = &all[moved.partition as usize];
+        let before = p.cursor(g);
+        assert_eq!(
+            t.ctrl.commit_owned(g, p, stale, before + 5, &NoFutex),
+            Err(TopicError::Fenced {
+                partition: moved.partition
+            })
+        );
+        assert_eq!(p.cursor(g), before, "a fenced commit moves nothing");
+        t.ctrl
+            .commit_owned(g, p, moved, before + 5, &NoFutex)
+            .unwrap();
+        assert_eq!(p.cursor(g), before + 5);
+        // The partition a kept is still committable by it.
+        let kept = own1[1 - moved.partition as usize];
+        t.ctrl
+            .commit_owned(g, &all[kept.partition as usize], kept, 4, &NoFutex)
+            .unwrap();
+    }
+
+    #[test]
+    fn a_silent_member_times_out_and_a_restarted_one_takes_its_name() {
+        let t = HeapTopic::new(3, 8, 8, Overflow::Overwrite);
+        let all = t.partitions();
+        let g = t.ctrl.group("g", 1, alive).unwrap();
+        let (a, _) = t
+            .ctrl
+            .claim_member(g, "a", 11, 0, 1_000, alive, &all)
+            .unwrap();
+        let (b, _) = t
+            .ctrl
+            .claim_member(g, "b", 12, 0, 1_000, alive, &all)
+            .unwrap();
+        // Within the timeout nothing happens; past it, the silent b goes.
+        t.ctrl.heartbeat(g, a, 11, 900).unwrap();
+        assert_eq!(t.ctrl.evict_members(g, 11, 900, alive, &all).unwrap(), None);
+        t.ctrl.heartbeat(g, a, 11, 1_500).unwrap();
+        let r = t
+            .ctrl
+            .evict_members(g, 11, 1_500, alive, &all)
+            .unwrap()
+            .unwrap();
+        assert_eq!((r.evicted_dead, r.evicted_silent), (0, 1));
+        assert_eq!(t.ctrl.assignment(g, a, &all).len(), 3);
+        assert_eq!(
+            t.ctrl.heartbeat(g, b, 12, 1_500),
+            Err(TopicError::NotMember)
+        );
+
+        // A live holder keeps its name; a dead one's name is taken over.
+        assert_eq!(
+            t.ctrl.claim_member(g, "a", 13, 1_600, 1_000, alive, &all),
+            Err(TopicError::MemberTaken)
+        );
+        let dead11 = |t: u64| t == 11;
+        let (a2, own) = t
+            .ctrl
+            .claim_member(g, "a", 13, 1_600, 1_000, dead11, &all)
+            .unwrap();
+        assert_ne!(a2, a);
+        assert_eq!(own.len(), 3);
+        assert_eq!(
+            t.ctrl.heartbeat(g, a, 11, 1_600),
+            Err(TopicError::NotMember)
+        );
+        let names: Vec<String> = t
+            .ctrl
+            .group_members(g)
+            .into_iter()
+            .map(|m| m.name)
+            .collect();
+        assert_eq!(names, vec!["a".to_string()]);
+    }
+
+    #[test]
+    fn a_clean_leave_hands_partitions_over_and_bad_names_are_refused() {
+        let t = HeapTopic::new(4, 8, 8, Overflow::Overwrite);
+        let all = t.partitions();
+        let g = t.ctrl.group("g", 1, alive).unwrap();
+        let (a, _) = t
+            .ctrl
+            .claim_member(g, "a", 11, 0, SESSION, alive, &all)
+            .unwrap();
+        let (b, _) = t
+            .ctrl
+            .claim_member(g, "b", 12, 0, SESSION, alive, &all)
+            .unwrap();
+        t.ctrl.leave_member(g, b, 12, 1, alive, &all).unwrap();
+        assert_eq!(t.ctrl.assignment(g, a, &all).len(), 4);
+        for (p, part) in all.iter().enumerate() {
+            assert_eq!(t.ctrl.owner(g, part), Some(a.slot()), "partition {p}");
+        }
+        assert_eq!(
+            t.ctrl.claim_member(g, "", 11, 1, SESSION, alive, &all),
+            Err(TopicError::BadMemberName)
+        );
+        let long = "x".repeat(MEMBER_NAME_MAX + 1);
+        assert_eq!(
+            t.ctrl.claim_member(g, &long, 11, 1, SESSION, alive, &all),
+            Err(TopicError::BadMemberName)
+        );
+        t.ctrl.leave_member(g, a, 11, 2, alive, &all).unwrap();
+        assert!(all.iter().all(|p| t.ctrl.owner(g, p).is_none()));
+    }
+
+    #[test]
+    fn shares_stay_even_as_members_come_and_go() {
+        let t = HeapTopic::new(7, 8, 8, Overflow::Overwrite);
+        let all = t.partitions();
+        let g = t.ctrl.group("g", 1, alive).unwrap();
+        let mut members = Vec::new();
+        for (i, name) in ["a", "b", "c"].iter().enumerate() {
+            let token = 11 + i as u64;
+            members.push((
+                t.ctrl
+                    .claim_member(g, name, token, 0, SESSION, alive, &all)
+                    .unwrap()
+                    .0,
+                token,
+            ));
+        }
+        let mut counts: Vec<usize> = members
+            .iter()
+            .map(|&(m, _)| t.ctrl.assignment(g, m, &all).len())
+            .collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![2, 2, 3]);
+        let owners: Vec<_> = all.iter().map(|p| t.ctrl.owner(g, p)).collect();
+        assert!(owners.iter().all(Option::is_some), "every partition owned");
+        let dead = |t: u64| t == 12;
+        t.ctrl.evict_members(g, 11, 1, dead, &all).unwrap();
+        let mut counts: Vec<usize> = [members[0], members[2]]
+            .iter()
+            .map(|&(m, _)| t.ctrl.assignment(g, m, &all).len())
+            .collect();
+        counts.sort_unstable();
+        assert_eq!(counts, vec![3, 4]);
+    }
+}
