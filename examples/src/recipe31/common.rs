@@ -1,0 +1,194 @@
+//! What recipe 31's processes agree on: names, the objects' bytes, the
+//! notification and the result formats.
+#![allow(dead_code)] // Each binary uses part of it.
+
+use std::time::Duration;
+
+use grafos_worker::mq::topic::{TopicConfig, TopicOptions};
+
+/// The notification topic.
+pub const TOPIC: &str = "object-events";
+/// The consumer group of the workers.
+pub const GROUP: &str = "processors";
+/// The bucket of the objects the producer stores.
+pub const OBJECTS: &str = "objects";
+/// The bucket of the workers' results.
+pub const RESULTS: &str = "results";
+/// The key-value store of the producer's checkpoint.
+pub const CHECKPOINTS: &str = "recipe31";
+/// Buckets of the object store (made by whichever process comes first).
+pub const STORE_BUCKETS: u64 = 1 << 16;
+/// A member silent this long loses its partitions (a dead one at once).
+pub const SESSION_TIMEOUT_SECS: u64 = 30;
+
+/// The topic's shape: backpressure, so no notification is overwritten
+/// before the group has read it.
+pub fn topic_config(partitions: u32) -> (TopicConfig, TopicOptions) {
+    (
+        TopicConfig {
+            num_partitions: partitions,
+            partition_capacity: 4096,
+            partition_stride: 128,
+        },
+        TopicOptions {
+            group_retention: Duration::from_secs(300),
+            ..TopicOptions::backpressure()
+        },
+    )
+}
+
+/// The key of object `i`.
+pub fn object_key(i: u64) -> String {
+    format!("obj-{i:07}")
+}
+
+/// The index in a key made by [`object_key`].
+pub fn object_index(key: &str) -> Option<u64> {
+    key.strip_prefix("obj-")?.parse().ok()
+}
+
+/// Object `i`'s bytes: `size` printable bytes, the same on every put (a
+/// producer that resumes stores the same object again).
+pub fn object_body(i: u64, size: usize) -> Vec<u8> {
+    let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..size)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            b'a' + (state % 26) as u8
+        })
+        .collect()
+}
+
+/// The CRC-32 of `bytes`.
+pub fn checksum(bytes: &[u8]) -> u32 {
+    crc32fast::hash(bytes)
+}
+
+/// A notification: the object's URI and when it was put (Unix us).
+pub fn notification(uri: &str, put_us: u64) -> String {
+    format!("{uri} {put_us}")
+}
+
+/// `(uri, put_us)` of a notification.
+pub fn parse_notification(bytes: &[u8]) -> Option<(&str, u64)> {
+    let text = std::str::from_utf8(bytes).ok()?;
+    let (uri, put) = text.split_once(' ')?;
+    Some((uri, put.parse().ok()?))
+}
+
+/// What a worker writes at `results/<key>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Outcome {
+    /// CRC-32 of the object read.
+    pub crc: u32,
+    /// Bytes of the object read.
+    pub size: u64,
+    /// The worker that wrote it and its process: `worker.1/12345`.
+    pub incarnation: String,
+    /// When the object was put (Unix us, from its notification).
+    pub put_us: u64,
+    /// When this result was written (Unix us).
+    pub done_us: u64,
+    /// Times the object was processed (1, plus one per reprocessing).
+    pub runs: u32,
+}
+
+impl Outcome {
+    /// One line of text.
+    pub fn encode(&self) -> String {
+        format!(
+            "crc32={:08x} size={} incarnation={} put_us={} done_us={} runs={}\n",
+            self.crc, self.size, self.incarnation, self.put_us, self.done_us, self.runs
+        )
+    }
+
+    /// Parses what [`Outcome::encode`] wrote.
+    pub fn parse(text: &str) -> Option<Outcome> {
+        let mut fields = std::collections::BTreeMap::new();
+        for pair in text.split_whitespace() {
+            let (k, v) = pair.split_once('=')?;
+            fields.insert(k, v);
+        }
+        Some(Outcome {
+            crc: u32::from_str_radix(fields.get("crc32")?, 16).ok()?,
+            size: fields.get("size")?.parse().ok()?,
+            incarnation: (*fields.get("incarnation")?).to_string(),
+            put_us: fields.get("put_us")?.parse().ok()?,
+            done_us: fields.get("done_us")?.parse().ok()?,
+            runs: fields.get("runs")?.parse().ok()?,
+        })
+    }
+}
+
+/// Unix time in microseconds.
+pub fn unix_us() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// The `q` quantile (0 to 1) of sorted `values`.
+pub fn quantile(sorted: &[u64], q: f64) -> u64 {
+    if sorted.is_empty() {
+        return 0;
+    }
+    let rank = ((sorted.len() - 1) as f64 * q).round() as usize;
+    sorted[rank.min(sorted.len() - 1)]
+}
+
+/// Keeps every lease the pipeline stands on alive (the object store's
+/// arenas, the topic, the checkpoint store) with a `RenewalManager`,
+/// registering arenas as the store adds them.
+pub struct Renewals {
+    manager: grafos_worker::leasekit::RenewalManager,
+    last: std::time::Instant,
+}
+
+impl Renewals {
+    /// Renewal of leases to 120 s ahead.
+    pub const LEASE_SECS: u64 = 120;
+
+    /// A manager with nothing registered yet.
+    pub fn new() -> Renewals {
+        Renewals {
+            manager: grafos_worker::leasekit::RenewalManager::new(),
+            last: std::time::Instant::now() - Duration::from_secs(60),
+        }
+    }
+
+    /// At most once a second: registers leases not seen before (due at
+    /// once) and renews those due.
+    ///
+    /// # Errors
+    /// Listing the store's leases failed; a lease that cannot be renewed
+    /// any more (expired, poisoned) is an error too.
+    pub fn tick(
+        &mut self,
+        store: &grafos_worker::store::MemObjectStore,
+        others: &[u64],
+    ) -> grafos_worker::Result<()> {
+        if self.last.elapsed() < Duration::from_secs(1) {
+            return Ok(());
+        }
+        self.last = std::time::Instant::now();
+        let known: std::collections::BTreeSet<u64> = self.manager.registered().collect();
+        for id in store
+            .map()
+            .lease_ids()?
+            .into_iter()
+            .chain(others.iter().copied())
+        {
+            if !known.contains(&id) {
+                let policy = grafos_worker::leasekit::RenewalPolicy::new(Self::LEASE_SECS);
+                self.manager.register(id, 0, policy);
+            }
+        }
+        let summary = self.manager.tick(grafos_worker::host::unix_time_secs());
+        match summary.lost.into_iter().next() {
+            Some((_, e)) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
