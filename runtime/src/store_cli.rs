@@ -41,9 +41,20 @@ pub enum StoreAction {
     /// List the objects whose URI starts with PREFIX
     /// (`fabric://<instance>/` lists them all), one URI per line with its
     /// size.
+    ///
+    /// With `--checksum` each line also has the CRC-32 of the object's
+    /// bytes (`crc32:` and 8 hex digits); with `--content`, its bytes as
+    /// text (UTF-8, invalid bytes replaced; backslash, tab, carriage
+    /// return and newline escaped as `\\`, `\t`, `\r`, `\n`). Tab-separated.
     Ls {
         /// `fabric://<instance>/[<bucket>/[<key prefix>]]`.
         prefix: String,
+        /// Add each object's CRC-32.
+        #[arg(long)]
+        checksum: bool,
+        /// Add each object's bytes, escaped as text.
+        #[arg(long)]
+        content: bool,
     },
     /// Remove the object at URI; exits 1 if there was none.
     Rm {
@@ -96,14 +107,37 @@ pub fn run(action: StoreAction) -> Result<bool, String> {
             }
             Ok(true)
         }
-        StoreAction::Ls { prefix } => {
+        StoreAction::Ls {
+            prefix,
+            checksum,
+            content,
+        } => {
             let (instance, key_prefix) = parse_prefix(&prefix)?;
             let store = open(&instance)?;
             let mut out = std::io::stdout().lock();
             for uri in store.list(&key_prefix).map_err(text)? {
                 let uri = uri.map_err(text)?;
-                let size = store.head(&uri).map_err(text)?.map_or(0, |m| m.size);
-                if let Err(e) = writeln!(out, "{uri}\t{size}") {
+                let mut line = String::new();
+                if checksum || content {
+                    // Gone since it was listed (replaced or removed): skip.
+                    let Some(bytes) = store.get(&uri).map_err(text)? else {
+                        continue;
+                    };
+                    line = format!("{uri}\t{}", bytes.len());
+                    if checksum {
+                        line += &format!("\tcrc32:{:08x}", crc32fast::hash(&bytes));
+                    }
+                    if content {
+                        line.push('\t');
+                        line += &escape(&String::from_utf8_lossy(&bytes));
+                    }
+                } else if let Some(meta) = store.head(&uri).map_err(text)? {
+                    line = format!("{uri}\t{}", meta.size);
+                }
+                if line.is_empty() {
+                    continue;
+                }
+                if let Err(e) = writeln!(out, "{line}") {
                     if e.kind() == std::io::ErrorKind::BrokenPipe {
                         break;
                     }
@@ -122,6 +156,21 @@ pub fn run(action: StoreAction) -> Result<bool, String> {
             }
         }
     }
+}
+
+/// `text` with backslash, tab, carriage return and newline escaped.
+fn escape(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '\\' => out += "\\\\",
+            '\t' => out += "\\t",
+            '\r' => out += "\\r",
+            '\n' => out += "\\n",
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 fn text(e: FabricError) -> String {
