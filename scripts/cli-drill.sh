@@ -79,6 +79,15 @@ cmp -s "$files/large" "$files/large.out" || fail "large object changed"
 listed=$("$bin/grafos" store ls "$uri/")
 [[ $(wc -l <<<"$listed") -eq 2 ]] || fail "store ls listed: $listed"
 grep -q "^$uri/large	200000$" <<<"$listed" || fail "store ls: no large object in: $listed"
+printf 'line one\n\tx\\y' | "$bin/grafos" store put "$uri/text" -
+printf '123456789' | "$bin/grafos" store put "$uri/a/check" -
+# cbf43926: CRC-32's check value (the CRC of "123456789").
+grep -q "^$uri/a/check	9	crc32:cbf43926$" <<<"$("$bin/grafos" store ls "$uri/a/" --checksum)" ||
+    fail "store ls --checksum: $("$bin/grafos" store ls "$uri/a/" --checksum)"
+[[ $("$bin/grafos" store ls "$uri/text" --content) == "$uri/text	13	line one\\n\\tx\\\\y" ]] ||
+    fail "store ls --content: $("$bin/grafos" store ls "$uri/text" --content)"
+"$bin/grafos" store rm "$uri/a/check"
+"$bin/grafos" store rm "$uri/text"
 "$bin/grafos" store rm "$uri/large"
 if "$bin/grafos" store get "$uri/large" >/dev/null 2>&1; then
     fail "a removed object is still there"
