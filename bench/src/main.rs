@@ -9,6 +9,7 @@
 mod iox;
 mod local;
 mod mpmc;
+mod recipe31;
 mod rebind;
 mod repair;
 mod store;
@@ -56,6 +57,16 @@ struct Args {
     /// Only the topic table.
     #[arg(long)]
     topic_only: bool,
+    /// Only the recipe 31 pipeline table (grafos vs Redis).
+    #[arg(long)]
+    recipe31_only: bool,
+    /// Objects per run of the recipe 31 table.
+    #[arg(long, default_value_t = 100_000)]
+    recipe31_objects: u64,
+    /// The recipe31 example binary (built by
+    /// `cargo build --release -p grafos-examples`).
+    #[arg(long, default_value = "../target/release/recipe31")]
+    recipe31_bin: std::path::PathBuf,
     /// A Redis server for the store table (`HOST:PORT`; started by
     /// scripts/redis-bench.sh). Without it the Redis rows are skipped.
     #[arg(long)]
@@ -102,6 +113,15 @@ fn main() {
     }
     if args.store_only {
         store::store_table(runs, args.redis.as_deref(), args.store_keys.max(1));
+        return;
+    }
+    if args.recipe31_only {
+        recipe31::recipe31_table(
+            runs,
+            args.redis.as_deref(),
+            args.recipe31_objects,
+            &args.recipe31_bin,
+        );
         return;
     }
     if args.topic_only {
@@ -209,6 +229,8 @@ fn child(args: &[String]) -> i32 {
         "store-load" => store::load(&args[1..]),
         "topic-append" => topic::append(&args[1..]),
         "queue-push" => topic::push(&args[1..]),
+        "r31-producer" => recipe31::producer(&args[1..]),
+        "r31-worker" => recipe31::worker(&args[1..]),
         "iox" => return iox::child(&args[1..]),
         other => panic!("unknown child role {other}"),
     }

@@ -132,7 +132,9 @@ pub fn open_if_kind(instance: &str, object: &str, kind: SegmentKind) -> Option<R
         kind: Some(kind),
         ..Expect::default()
     };
-    match Segment::open(&name, &expect) {
+    // Not pre-faulted: visitors read a header and a few control words,
+    // and a segment of another kind is dropped at once.
+    match Segment::open_mapped(&name, &expect, false) {
         Err(FabricError::Layout {
             source: LayoutError::KindMismatch { .. },
             ..
@@ -251,7 +253,7 @@ impl Segment {
             }
             Err(e) => return Err(FabricError::io("fallocate", name.as_str(), e)),
         }
-        let map = map(&fd, total, name)?;
+        let map = map(&fd, total, name, true)?;
         let segment = Segment {
             name: name.clone(),
             map: Arc::new(map),
@@ -301,6 +303,12 @@ impl Segment {
     /// `NotFound`, `Layout` (too small, uninitialised, bad magic, version,
     /// corrupt, foreign token, kind or type mismatch), or `Io`.
     pub fn open(name: &SegmentName, expect: &Expect) -> Result<Segment> {
+        Segment::open_mapped(name, expect, true)
+    }
+
+    /// As [`Segment::open`]; `populate` pre-faults the whole mapping (the
+    /// data path then takes no page faults).
+    fn open_mapped(name: &SegmentName, expect: &Expect, populate: bool) -> Result<Segment> {
         let fd =
             shm::open(name.shm_path(), shm::OFlags::RDWR, Mode::empty()).map_err(|e| match e {
                 Errno::NOENT => FabricError::NotFound(name.to_string()),
@@ -321,7 +329,7 @@ impl Segment {
         }
         let segment = Segment {
             name: name.clone(),
-            map: Arc::new(map(&fd, size, name)?),
+            map: Arc::new(map(&fd, size, name, populate)?),
             inode: inode(&fd, name)?,
         };
         if segment.header().fence().generation == 0 {
@@ -435,16 +443,17 @@ fn inode(fd: &OwnedFd, name: &SegmentName) -> Result<u64> {
         .st_ino)
 }
 
-fn map(fd: &OwnedFd, len: u64, name: &SegmentName) -> Result<MmapRaw> {
-    MmapOptions::new()
-        .len(len as usize)
-        .populate()
-        .map_raw(fd)
-        .map_err(|e| FabricError::Io {
-            op: "mmap",
-            target: name.to_string(),
-            source: e,
-        })
+fn map(fd: &OwnedFd, len: u64, name: &SegmentName, populate: bool) -> Result<MmapRaw> {
+    let mut options = MmapOptions::new();
+    options.len(len as usize);
+    if populate {
+        options.populate();
+    }
+    options.map_raw(fd).map_err(|e| FabricError::Io {
+        op: "mmap",
+        target: name.to_string(),
+        source: e,
+    })
 }
 
 #[cfg(test)]

@@ -47,18 +47,27 @@ pub fn object_index(key: &str) -> Option<u64> {
     key.strip_prefix("obj-")?.parse().ok()
 }
 
-/// Object `i`'s bytes: `size` printable bytes, the same on every put (a
-/// producer that resumes stores the same object again).
+/// Object `i`'s bytes: its key, then printable filler up to `size`
+/// bytes; the same on every put (a producer that resumes stores the same
+/// object again), and different for every key.
 pub fn object_body(i: u64, size: usize) -> Vec<u8> {
-    let mut state = i.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..size)
-        .map(|_| {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            b'a' + (state % 26) as u8
-        })
-        .collect()
+    static FILLER: std::sync::OnceLock<Vec<u8>> = std::sync::OnceLock::new();
+    let filler = FILLER.get_or_init(|| {
+        let mut state = 0x9E37_79B9_7F4A_7C15u64;
+        (0..65_536 + 4_096)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                b'a' + (state % 26) as u8
+            })
+            .collect()
+    });
+    let mut body = object_key(i).into_bytes();
+    body.truncate(size);
+    let start = (i as usize * 61) % 4096;
+    body.extend_from_slice(&filler[start..start + size - body.len()]);
+    body
 }
 
 /// The CRC-32 of `bytes`.
