@@ -183,8 +183,8 @@ pub struct TopicGroupStatus {
     pub evicted_silent: u64,
     /// Partitions that changed owner.
     pub moved: u64,
-    /// The session timeout, in ms.
-    pub session_ms: u64,
+    /// Rebalances that found an earlier one cut short.
+    pub rebalances_repaired: u64,
     /// Named members and their partitions.
     pub members: Vec<GroupMemberStatus>,
 }
@@ -198,6 +198,8 @@ pub struct GroupMemberStatus {
     pub pid: u32,
     /// Milliseconds since its last heartbeat.
     pub heartbeat_age_ms: u64,
+    /// Its session timeout in ms.
+    pub session_ms: u64,
     /// The partitions it owns.
     pub partitions: Vec<u32>,
     /// Their summed lag.
@@ -412,7 +414,7 @@ pub fn topic_status(d: TopicDescription) -> TopicStatus {
                 evicted_dead: g.coordination.evicted_dead,
                 evicted_silent: g.coordination.evicted_silent,
                 moved: g.coordination.moved,
-                session_ms: g.coordination.session_ms,
+                rebalances_repaired: g.coordination.repaired,
                 members: g
                     .members
                     .iter()
@@ -420,6 +422,7 @@ pub fn topic_status(d: TopicDescription) -> TopicStatus {
                         name: m.name.clone(),
                         pid: m.pid,
                         heartbeat_age_ms: unix_time_ms().saturating_sub(m.heartbeat_ms),
+                        session_ms: m.session_ms,
                         lag: m.partitions.iter().map(|&p| d.lag(g, p as usize)).sum(),
                         partitions: m.partitions.clone(),
                     })
@@ -487,15 +490,15 @@ pub fn render_topic(t: &TopicStatus) -> String {
         if g.generation > 0 {
             let _ = writeln!(
                 out,
-                "  generation {}, {} partition move(s), evicted {} dead and {} silent (session {} ms)",
-                g.generation, g.moved, g.evicted_dead, g.evicted_silent, g.session_ms
+                "  generation {}, {} partition move(s), evicted {} dead and {} silent",
+                g.generation, g.moved, g.evicted_dead, g.evicted_silent
             );
         }
         for m in &g.members {
             let _ = writeln!(
                 out,
-                "  member {:<16} pid {:<8} heartbeat {:>6} ms ago  partitions {:?}  lag {}",
-                m.name, m.pid, m.heartbeat_age_ms, m.partitions, m.lag
+                "  member {:<16} pid {:<8} heartbeat {:>6} ms ago (session {} ms)  partitions {:?}  lag {}",
+                m.name, m.pid, m.heartbeat_age_ms, m.session_ms, m.partitions, m.lag
             );
         }
     }

@@ -1287,7 +1287,11 @@ impl Supervisor {
         // when one of them next looks.
         match topic.evict_all_groups() {
             Ok(made) => self.counters().add(Counter::GroupRebalances, made),
-            Err(FabricError::Topic { .. } | FabricError::LeaseExpired(_)) => {}
+            // A live member holds the admin lock (it rebalances itself).
+            Err(FabricError::Topic { source, .. }) => {
+                tracing::debug!(topic = %object, "group rebalance: {source}");
+            }
+            Err(FabricError::LeaseExpired(_)) => {}
             Err(e) => tracing::warn!(topic = %object, "group rebalance: {e}"),
         }
     }

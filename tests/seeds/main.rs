@@ -89,6 +89,10 @@ const ALL: &[(&str, Seed)] = &[
         recipe31::a_dead_member_loses_partitions_at_once,
     ),
     (
+        "recipe31_the_supervisor_evicts_a_dead_member",
+        recipe31::the_supervisor_evicts_a_dead_member,
+    ),
+    (
         "recipe31_failing_records_go_to_the_dead_letter_topic",
         recipe31::failing_records_go_to_the_dead_letter_topic,
     ),

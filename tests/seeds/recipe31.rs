@@ -137,14 +137,20 @@ pub fn a_moved_partition_fences_the_old_member() -> SeedResult {
     let mut two = ConsumerGroup::new("fence", "fenced-events", 2, 30)?;
     let taken = two.claim("two")?;
     assert_eq!(taken.len(), 1, "the newcomer gets its share");
-    assert!(
-        one.heartbeat("one")?,
-        "the old member learns its set changed"
-    );
+    // Before it heartbeats, the old member still thinks it owns both: the
+    // owner word in shared memory refuses the moved partition's commit.
+    let moved = taken[0] as usize;
+    let before = topics.describe("fenced-events")?.groups[0].committed[moved];
     let err = c1
         .commit(&mut one)
         .expect_err("a moved partition is fenced");
     assert!(err.is_fenced(), "{err}");
+    let after = topics.describe("fenced-events")?.groups[0].committed[moved];
+    assert_eq!(after, before, "nothing committed in the moved partition");
+    assert!(
+        one.heartbeat("one")?,
+        "the old member learns its set changed"
+    );
     let mut c2 = Consumer::new("fenced-events", "fence");
     c2.assign(&taken);
     c2.seek(&topics, &two, SeekPolicy::Committed)?;
@@ -201,13 +207,7 @@ pub fn a_dead_member_loses_partitions_at_once() -> SeedResult {
     topic(&mut topics, "dead-events", 4)?;
     let mut group = ConsumerGroup::new("d", "dead-events", 4, 30)?;
     assert_eq!(group.claim("survivor")?.len(), 4);
-    let mut peer = Command::new(std::env::current_exe()?)
-        .env(MEMBER_ENV, "doomed")
-        .stdout(Stdio::piped())
-        .spawn()?;
-    let mut line = String::new();
-    BufReader::new(peer.stdout.take().expect("piped")).read_line(&mut line)?;
-    assert_eq!(line.trim(), "claimed 2", "the peer's report: {line:?}");
+    let mut peer = spawn_member("dead-events", "d", "doomed")?;
     assert!(group.heartbeat("survivor")?);
     assert_eq!(group.claim("survivor")?.len(), 2);
     peer.kill()?;
@@ -237,11 +237,65 @@ pub fn a_dead_member_loses_partitions_at_once() -> SeedResult {
     Ok(())
 }
 
-/// The child process of [`a_dead_member_loses_partitions_at_once`]:
-/// claims a member, reports, and waits to be killed.
-pub fn member(name: &str) {
+/// The supervisor evicts a killed member when it sees the process die,
+/// with no other member looking (the survivor does not heartbeat).
+pub fn the_supervisor_evicts_a_dead_member() -> SeedResult {
+    let mut topics = TopicManager::new();
+    topic(&mut topics, "orphan-events", 4)?;
+    let mut group = ConsumerGroup::new("o", "orphan-events", 4, 30)?;
+    group.claim("quiet")?;
+    let mut peer = spawn_member("orphan-events", "o", "doomed")?;
+    let rebalances = crate::harness::counter("group_rebalances");
+    peer.kill()?;
+    peer.wait()?;
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let described = topics.describe("orphan-events")?;
+        let g = described
+            .groups
+            .iter()
+            .find(|g| g.name == "o")
+            .expect("group");
+        if g.members.len() == 1 {
+            assert_eq!(g.members[0].partitions, vec![0, 1, 2, 3]);
+            break;
+        }
+        assert!(Instant::now() < deadline, "nobody evicted the dead member");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        crate::harness::counter("group_rebalances") > rebalances,
+        "the supervisor's rebalance is counted"
+    );
+    assert!(group.heartbeat("quiet")?);
+    assert_eq!(group.claim("quiet")?.len(), 4);
+    Ok(())
+}
+
+/// Starts this binary as member `name` of `group` on `topic` (which has
+/// four partitions) and waits until it has claimed half of them.
+fn spawn_member(topic: &str, group: &str, name: &str) -> std::io::Result<std::process::Child> {
+    let mut peer = Command::new(std::env::current_exe()?)
+        .env(MEMBER_ENV, format!("{topic}:{group}:{name}"))
+        .stdout(Stdio::piped())
+        .spawn()?;
+    let mut line = String::new();
+    BufReader::new(peer.stdout.take().expect("piped")).read_line(&mut line)?;
+    assert_eq!(line.trim(), "claimed 2", "the peer's report: {line:?}");
+    Ok(peer)
+}
+
+/// The child process of the dead-member tests: `spec` is
+/// `topic:group:name`; claims the member, reports, and heartbeats until
+/// it is killed.
+pub fn member(spec: &str) {
     let run = || -> SeedResult {
-        let mut group = ConsumerGroup::new("d", "dead-events", 4, 30)?;
+        let mut parts = spec.splitn(3, ':');
+        let (Some(topic), Some(group), Some(name)) = (parts.next(), parts.next(), parts.next())
+        else {
+            return Err(format!("bad member spec {spec:?}").into());
+        };
+        let mut group = ConsumerGroup::new(group, topic, 4, 30)?;
         let claimed = group.claim(name)?;
         println!("claimed {}", claimed.len());
         loop {

@@ -14,8 +14,10 @@
 //!
 //! Outputs are keyed by the chunk's index and stored only if absent: a
 //! chunk retried, or a job run again over a store that already holds some
-//! outputs (after a crash, say), never yields two outputs for one chunk,
-//! and chunks already done are not run again.
+//! outputs, never yields two outputs for one chunk, and chunks already
+//! done are not run again. [`MemoryOutputStore`] lives as long as its
+//! process; an [`OutputStore`] in shared memory or on disk carries that
+//! over a crash.
 
 use std::cell::Cell;
 use std::collections::BTreeMap;
@@ -144,16 +146,36 @@ impl<O: Clone> OutputStore<O> for MemoryOutputStore<O> {
     }
 }
 
-/// Chunks that failed every attempt.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{} of {total} chunks failed after every attempt (first: chunk {}: {})",
-    failed.len(), failed[0].0, failed[0].1)]
-pub struct JobError<E: std::fmt::Display> {
+/// Chunks that failed every attempt, or whose output the store lost.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct JobError<E> {
     /// `(chunk index, last error)` of each failed chunk.
     pub failed: Vec<(usize, E)>,
+    /// Chunks whose output the store did not give back after storing it.
+    pub lost: Vec<usize>,
     /// Chunks in the job.
     pub total: usize,
 }
+
+impl<E: std::fmt::Display> std::fmt::Display for JobError<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of {} chunks failed after every attempt",
+            self.failed.len(),
+            self.total
+        )?;
+        if let Some((chunk, e)) = self.failed.first() {
+            write!(f, " (first: chunk {chunk}: {e})")?;
+        }
+        if !self.lost.is_empty() {
+            write!(f, "; the output store lost {} output(s)", self.lost.len())?;
+        }
+        Ok(())
+    }
+}
+
+impl<E: std::fmt::Debug + std::fmt::Display> std::error::Error for JobError<E> {}
 
 /// What the last [`JobCoordinator::run`] did.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -200,7 +222,8 @@ impl JobCoordinator {
     ///
     /// # Errors
     /// [`JobError`] with the chunks that failed every attempt (the others'
-    /// outputs are stored; running again does only the failed ones).
+    /// outputs are stored; running again does only the failed ones), or
+    /// whose output the store did not give back.
     pub fn run<I, O, E, R>(
         &self,
         chunks: &[I],
@@ -243,15 +266,23 @@ impl JobCoordinator {
         }
         stats.failed = failed.len() as u64;
         self.last.set(stats);
-        if !failed.is_empty() {
+        let mut all = Vec::with_capacity(chunks.len());
+        let mut lost = Vec::new();
+        if failed.is_empty() {
+            for i in 0..chunks.len() {
+                match outputs.output(i) {
+                    Some(output) => all.push(output),
+                    None => lost.push(i),
+                }
+            }
+        }
+        if !failed.is_empty() || !lost.is_empty() {
             return Err(JobError {
                 failed,
+                lost,
                 total: chunks.len(),
             });
         }
-        let all: Vec<O> = (0..chunks.len())
-            .map(|i| outputs.output(i).expect("every chunk has an output"))
-            .collect();
         Ok(aggregate(&all))
     }
 }

@@ -60,8 +60,9 @@ use crate::queue::{Blocker, Incarnation, OWNER_BITS, pack_state, unpack_state};
 use crate::sync::{AtomicU64, Ordering, fence};
 use crate::wait::{Futex, WaitPoint, Waiter};
 
-/// `params.magic` of a topic: "GRAFTOP1".
-pub const TOPIC_MAGIC: u64 = u64::from_le_bytes(*b"GRAFTOP1");
+/// `params.magic` of a topic: "GRAFTOP2" (version 2: with consumer
+/// group coordination).
+pub const TOPIC_MAGIC: u64 = u64::from_le_bytes(*b"GRAFTOP2");
 /// Bytes before a slot's payload: the state word and the length word.
 pub const SLOT_HEADER: u64 = 16;
 /// Largest number of partitions.
@@ -203,6 +204,9 @@ pub enum TopicError {
     /// The member is no longer in the group (evicted as dead or silent,
     /// or it left): it must claim again.
     NotMember,
+    /// A rebalance of the group stayed in progress while the assignment
+    /// was read (its maker may have died; the next rebalance repairs it).
+    Rebalancing,
     /// The partition moved to another member since this one was handed
     /// it: the commit was refused.
     Fenced {
@@ -256,6 +260,9 @@ impl std::fmt::Display for TopicError {
                 f,
                 "no longer a member of the group (evicted or left); claim again"
             ),
+            TopicError::Rebalancing => {
+                write!(f, "the group's rebalance stayed in progress; try again")
+            }
             TopicError::Fenced { partition } => write!(
                 f,
                 "partition {partition} moved to another member; the commit was refused"

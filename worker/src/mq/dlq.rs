@@ -26,6 +26,9 @@ use crate::mq::topic::TopicManager;
 
 /// First bytes of an encoded [`DeadLetter`].
 const MAGIC: &[u8; 4] = b"DLQ1";
+/// Longest error text a dead letter keeps, in bytes (longer ones are cut
+/// at a character boundary, so the letter fits the topic's stride).
+pub const MAX_ERROR_BYTES: usize = 256;
 
 /// A record that failed every attempt, as the dead-letter topic holds it.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,10 +161,15 @@ impl DlqRouter {
     /// the last error and the attempt count to the dead-letter topic (on
     /// the same partition number, modulo its partition count).
     ///
+    /// The attempts run one after the other in the calling thread (with
+    /// the policy's backoff between them): keep the backoff short beside
+    /// a consumer group's session timeout.
+    ///
     /// # Errors
     /// The dead-letter topic's errors (`NotFound`, `Topic(TooLarge)` when
     /// the dead letter exceeds its stride, ...): the record was then not
-    /// dead-lettered, and should not be committed.
+    /// dead-lettered. A consumer has already moved past it, so end
+    /// without committing (a restart reads it again), or seek back.
     pub fn handle<T, E: Display>(
         &mut self,
         topics: &mut TopicManager,
@@ -191,7 +199,7 @@ impl DlqRouter {
                         partition,
                         offset: message.offset,
                         attempts: attempt,
-                        error: e.to_string(),
+                        error: truncate(e.to_string(), MAX_ERROR_BYTES),
                         payload: message.payload.clone(),
                     };
                     let at = self.send(topics, &letter)?;
@@ -221,6 +229,18 @@ impl DlqRouter {
     }
 }
 
+/// `text` cut to at most `max` bytes at a character boundary.
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -240,6 +260,11 @@ mod tests {
         for cut in [0, 3, 10, 21, 30] {
             assert!(DeadLetter::decode(&bytes[..cut]).is_err(), "cut at {cut}");
         }
+        assert_eq!(
+            truncate("é".repeat(200), 255).len(),
+            254,
+            "cut between characters"
+        );
         let mut huge = bytes.clone();
         huge[20..24].copy_from_slice(&u32::MAX.to_le_bytes());
         assert!(DeadLetter::decode(&huge).is_err());

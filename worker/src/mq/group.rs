@@ -196,7 +196,23 @@ impl ConsumerGroup {
             return Ok(false);
         }
         let now = self.topic.generation(self.group);
-        let owned = self.topic.assignment(self.group, m.id);
+        let owned = match self.topic.assignment(self.group, m.id) {
+            Ok(owned) => owned,
+            Err(FabricError::Topic {
+                source: TopicError::NotMember,
+                ..
+            }) => {
+                self.members.remove(member);
+                return Ok(true);
+            }
+            // A rebalance in progress (or cut short: the eviction check
+            // repairs it): look again at the next heartbeat.
+            Err(FabricError::Topic {
+                source: TopicError::Rebalancing,
+                ..
+            }) => return Ok(false),
+            Err(e) => return Err(e),
+        };
         let changed = owned != m.owned;
         m.generation = now;
         m.owned = owned;
@@ -247,9 +263,12 @@ fn partitions(owned: &[Owned]) -> Vec<u32> {
 impl OffsetStore for ConsumerGroup {
     type Error = FabricError;
 
+    /// The group's cursor, or the oldest record retained if that is
+    /// later (records before it were overwritten, or the group is new).
     fn committed(&self, topic: &str, group: &str, partition: u32) -> Result<Option<u64>> {
         self.same(topic, group)?;
-        Ok(Some(self.topic.cursor(self.group, partition)?))
+        let cursor = self.topic.cursor(self.group, partition)?;
+        Ok(Some(cursor.max(self.topic.tail(partition)?)))
     }
 
     /// # Errors

@@ -349,7 +349,7 @@ pub struct GroupDescription {
     pub last_active_ms: u64,
     /// Committed offset per partition.
     pub committed: Vec<u64>,
-    /// Generation, session timeout and rebalance counters.
+    /// Generation and rebalance counters.
     pub coordination: CoordStats,
     /// Named members ([`crate::mq::group::ConsumerGroup`]) and their
     /// partitions.
@@ -365,6 +365,8 @@ pub struct MemberDescription {
     pub pid: u32,
     /// Unix milliseconds of its last heartbeat.
     pub heartbeat_ms: u64,
+    /// Its session timeout in ms.
+    pub session_ms: u64,
     /// The partitions it owns.
     pub partitions: Vec<u32>,
 }
@@ -939,12 +941,22 @@ impl Topic {
     /// Evicts the dead and silent members of every group, rebalancing
     /// those that had any (the supervisor's call when a process died).
     /// Returns the rebalances made.
+    ///
+    /// # Errors
+    /// The first group's failure (`AdminBusy`, say); the groups after it
+    /// are still looked at.
     pub fn evict_all_groups(&self) -> Result<u64> {
         let mut made = 0;
+        let mut first = None;
         for (group, _) in self.ctrl().groups() {
-            made += u64::from(self.evict_members(group)?.is_some());
+            match self.evict_members(group) {
+                Ok(done) => made += u64::from(done.is_some()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
         }
-        Ok(made)
+        first.map_or(Ok(made), Err)
     }
 
     /// Removes `member` from `group` and rebalances.
@@ -955,8 +967,10 @@ impl Topic {
     }
 
     /// The partitions `member` owns now.
-    pub(crate) fn assignment(&self, group: GroupId, member: MemberId) -> Vec<Owned> {
-        self.ctrl().assignment(group, member, &self.all())
+    pub(crate) fn assignment(&self, group: GroupId, member: MemberId) -> Result<Vec<Owned>> {
+        self.ctrl()
+            .assignment(group, member, &self.all())
+            .map_err(|e| self.layout_error(e))
     }
 
     /// Commits `offset` in the partition `owned` names, if still owned.
@@ -1054,6 +1068,7 @@ impl Topic {
                                 .collect(),
                             name: m.name,
                             heartbeat_ms: m.heartbeat_ms,
+                            session_ms: m.session_ms,
                         })
                         .collect(),
                 })
