@@ -117,6 +117,10 @@ pub enum Mutant {
     /// Repair tombs a claim with a plain store instead of a CAS (a
     /// publish racing it is overwritten: acknowledged, then lost).
     TopicRepairPlainStore,
+    /// A group member's assignment read keeps what it read without looking
+    /// at the group's `seq` again (a rebalance between two owner words
+    /// goes unnoticed).
+    GroupSkipSeqRecheck,
 }
 
 #[cfg(loom)]

@@ -160,3 +160,8 @@ fn topic_repair_races_a_publish() {
 fn topic_hold_races_an_append() {
     models::check(models::topic::hold_races_an_append);
 }
+
+#[test]
+fn group_assignment_races_a_rebalance() {
+    models::check(models::topic::assignment_races_a_rebalance);
+}

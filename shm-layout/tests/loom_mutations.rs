@@ -451,3 +451,12 @@ fn topic_hold_with_the_oldest_cursor_lets_a_producer_overwrite_it() {
         "lagged under backpressure",
     );
 }
+
+#[test]
+fn group_assignment_without_seq_recheck_mixes_rebalances() {
+    must_fail(
+        Mutant::GroupSkipSeqRecheck,
+        models::topic::assignment_races_a_rebalance,
+        "a mix of two rebalances",
+    );
+}

@@ -1,7 +1,8 @@
 //! Loom models of a topic partition: two producers appending into one
 //! slot a lap apart, a reader racing a producer that laps it (overrun
 //! detection), and backpressure holding a producer behind a group's
-//! commits.
+//! commits; a group member reading its assignment while a newcomer's
+//! claim rebalances the group.
 
 use grafos_shm_layout::heap::{HeapRing, HeapTopic, NoFutex};
 use grafos_shm_layout::queue::Incarnation;
@@ -215,4 +216,50 @@ pub fn hold_races_an_append() {
         p.commit(group, first + 1, &NoFutex);
     }
     producer.join().unwrap();
+}
+
+/// Member `a` owns all four partitions; `b` joins on another thread,
+/// which hands `b` two of them (two owner words change). `a` reads its
+/// assignment meanwhile: all four (before), its two (after), or
+/// `Rebalancing`, never a mix of the two rebalances' words.
+pub fn assignment_races_a_rebalance() {
+    let heap = Held::new(HeapTopic::new(4, 1, 8, Overflow::Overwrite));
+    let all = heap.partitions();
+    let group = heap.ctrl.group("g", 9, |_| false).unwrap();
+    let (a, owned) = heap
+        .ctrl
+        .claim_member(group, "a", 1, 0, 30_000, |_| false, &all)
+        .unwrap();
+    assert_eq!(owned.len(), 4);
+    // Both actors on spawned threads (loom explores their interleavings).
+    let joiner = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            let all = heap.partitions();
+            heap.ctrl
+                .claim_member(group, "b", 2, 0, 30_000, |_| false, &all)
+                .unwrap()
+                .1
+                .len()
+        })
+    };
+    let reader = {
+        let heap = heap.share();
+        thread::spawn(move || {
+            let all = heap.partitions();
+            match heap.ctrl.assignment(group, a, &all) {
+                Ok(mine) => {
+                    let parts: Vec<u64> = mine.iter().map(|o| o.partition).collect();
+                    assert!(
+                        parts == [0, 1, 2, 3] || parts == [0, 1],
+                        "a mix of two rebalances: {parts:?}"
+                    );
+                }
+                Err(TopicError::Rebalancing) => {}
+                Err(e) => panic!("assignment failed: {e}"),
+            }
+        })
+    };
+    reader.join().unwrap();
+    assert_eq!(joiner.join().unwrap(), 2);
 }
