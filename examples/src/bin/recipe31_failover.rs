@@ -26,16 +26,18 @@
 
 #[path = "../recipe31/common.rs"]
 mod common;
+#[path = "../drill.rs"]
+mod drill;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
 use grafos_worker::mq::topic::{TopicDescription, TopicManager};
-use serde_json::Value;
+
+use drill::{Drill, Failure};
 
 use common::{GROUP, Outcome, TOPIC};
 
@@ -78,15 +80,21 @@ const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let drill = match Drill::start() {
+    let drill = match Drill::start("recipe31f", &["--pool-size", "2G"]) {
         Ok(drill) => drill,
         Err(e) => {
             eprintln!("recipe31-failover: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let outcome = drill.run(&args);
-    drill.finish();
+    // SAFETY: no other thread runs yet, so none reads the environment.
+    // The drill reads the topic itself to time failovers.
+    unsafe {
+        std::env::set_var("GRAFOS_INSTANCE", &drill.instance);
+        std::env::set_var("GRAFOS_RUNTIME_DIR", &drill.root);
+    }
+    let outcome = run(&drill, &args);
+    drill.finish("recipe31-failover");
     match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
@@ -95,15 +103,6 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
-}
-
-type Failure = Box<dyn std::error::Error>;
-
-/// An instance of our own and its runtime dir.
-struct Drill {
-    instance: String,
-    root: PathBuf,
-    bin: PathBuf,
 }
 
 /// What the blows did.
@@ -115,381 +114,285 @@ struct Blows {
     failovers: Vec<f64>,
 }
 
-impl Drill {
-    fn start() -> Result<Drill, Failure> {
-        let bin = std::env::current_exe()?
-            .parent()
-            .ok_or("the drill has no directory")?
-            .to_path_buf();
-        let instance = format!("recipe31f{}", std::process::id());
-        let root = std::env::temp_dir().join(format!("grafos-{instance}"));
-        let _ = std::fs::remove_dir_all(&root);
-        std::fs::create_dir_all(root.join("work"))?;
-        // SAFETY: no other thread runs yet, so none reads the environment.
-        // The drill reads the topic itself to time failovers.
-        unsafe {
-            std::env::set_var("GRAFOS_INSTANCE", &instance);
-            std::env::set_var("GRAFOS_RUNTIME_DIR", &root);
+fn run(drill: &Drill, args: &Args) -> Result<bool, Failure> {
+    let topology = drill.root.join("work").join("recipe31.toml");
+    let rate = (args.objects / args.secs.max(1)).max(1);
+    std::fs::write(
+        &topology,
+        common::topology(
+            &drill.bin.join("recipe31"),
+            args.objects,
+            args.size,
+            rate,
+            args.partitions,
+            args.workers,
+        ),
+    )?;
+    let mut run = drill
+        .command(&drill.bin.join("grafos"))
+        .arg("run")
+        .arg(&topology)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    println!(
+        "recipe31: {} objects at {rate}/s, {} worker processes over {} partitions; {} member kills and {} producer kills planned",
+        args.objects, args.workers, args.partitions, args.kills, args.producer_kills
+    );
+    let result = disturb(drill, args, &mut run);
+    let status = run.wait()?;
+    let mut errors = String::new();
+    if let Some(mut stderr) = run.stderr.take() {
+        std::io::Read::read_to_string(&mut stderr, &mut errors)?;
+    }
+    let blows = result?;
+    if !status.success() {
+        return Err(format!("grafos run failed: {}", errors.trim()).into());
+    }
+    verify(drill, args, &blows)
+}
+
+/// Kills members and the producer at random moments while
+/// notifications flow, printing progress, until `grafos run` ends.
+fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<Blows, Failure> {
+    let topics = TopicManager::new();
+    let started = Instant::now();
+    let deadline = started + Duration::from_secs(args.timeout_secs);
+    let total = args.kills + args.producer_kills;
+    let interval = Duration::from_millis(args.secs * 1000 / u64::from(total + 4));
+    let mut rng = Rng(u64::from(std::process::id()) ^ common::unix_us());
+    let mut blows = Blows::default();
+    let mut next_blow = started + interval;
+    let mut last_handled = 0;
+    let mut last_progress = Instant::now();
+    // The producer's kills come at these blows (spread over the run).
+    let producer_at: BTreeSet<u32> = (1..=args.producer_kills)
+        .map(|k| k * total / (args.producer_kills + 1))
+        .collect();
+    while run.try_wait()?.is_none() {
+        if Instant::now() > deadline {
+            let _ = run.kill();
+            return Err("the pipeline did not finish in time".into());
         }
-        let drill = Drill {
-            instance,
-            root,
-            bin,
+        std::thread::sleep(Duration::from_millis(20));
+        let Ok(d) = topics.describe(TOPIC) else {
+            continue;
         };
-        drill.grafos(&["up", "--detach", "--grace-secs", "2", "--pool-size", "2G"])?;
-        Ok(drill)
-    }
-
-    fn command(&self, program: &Path) -> Command {
-        let mut command = Command::new(program);
-        command
-            .env("GRAFOS_INSTANCE", &self.instance)
-            .env("GRAFOS_RUNTIME_DIR", &self.root);
-        command
-    }
-
-    /// Runs `grafos ARGS`, which must succeed; its standard output.
-    fn grafos(&self, args: &[&str]) -> Result<String, Failure> {
-        let out = self.command(&self.bin.join("grafos")).args(args).output()?;
-        if !out.status.success() {
-            return Err(format!(
-                "grafos {}: {}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stderr).trim()
-            )
-            .into());
+        let Some(g) = d.groups.iter().find(|g| g.name == GROUP) else {
+            continue;
+        };
+        let handled: u64 = g.committed.iter().sum();
+        let notified: u64 = d.partitions.iter().map(|p| p.head).sum();
+        if last_progress.elapsed() >= Duration::from_secs(2) {
+            println!(
+                "  {:5.1} s  notified {notified:6}  handled {handled:6}  member kills {:2}  producer kills {}  generation {}",
+                started.elapsed().as_secs_f64(),
+                blows.member_kills,
+                blows.producer_kills,
+                g.coordination.generation
+            );
+            last_progress = Instant::now();
         }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
-
-    fn status(&self) -> Result<Value, Failure> {
-        Ok(serde_json::from_str(&self.grafos(&["status", "--json"])?)?)
-    }
-
-    fn run(&self, args: &Args) -> Result<bool, Failure> {
-        let topology = self.root.join("work").join("recipe31.toml");
-        let rate = (args.objects / args.secs.max(1)).max(1);
-        std::fs::write(&topology, self.topology(args, rate))?;
-        let mut run = self
-            .command(&self.bin.join("grafos"))
-            .arg("run")
-            .arg(&topology)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()?;
-        println!(
-            "recipe31: {} objects at {rate}/s, {} worker processes over {} partitions; {} member kills and {} producer kills planned",
-            args.objects, args.workers, args.partitions, args.kills, args.producer_kills
-        );
-        let result = self.disturb(args, &mut run);
-        let status = run.wait()?;
-        let mut errors = String::new();
-        if let Some(mut stderr) = run.stderr.take() {
-            std::io::Read::read_to_string(&mut stderr, &mut errors)?;
+        // Only while records are in flight: handled moved since the
+        // last blow and not everything is handled.
+        let in_flight = handled > last_handled && handled < args.objects;
+        let blown = blows.member_kills + blows.producer_kills;
+        if Instant::now() < next_blow || !in_flight || blown >= total {
+            continue;
         }
-        let blows = result?;
-        if !status.success() {
-            return Err(format!("grafos run failed: {}", errors.trim()).into());
+        // Random moments: the next blow comes after half to one and a
+        // half intervals.
+        next_blow = Instant::now() + interval.mul_f64(0.5 + rng.unit());
+        last_handled = handled;
+        let producing = notified < args.objects;
+        if (producer_at.contains(&blown) || blows.member_kills >= args.kills) && producing {
+            drill.grafos(&["kill", "producer"])?;
+            blows.producer_kills += 1;
+            println!(
+                "  {:5.1} s  killed the producer",
+                started.elapsed().as_secs_f64()
+            );
+        } else if blows.member_kills < args.kills {
+            let victim = format!("worker.{}", rng.below(u64::from(args.workers)));
+            let ms = kill_member(drill, &topics, &d, &victim)?;
+            blows.member_kills += 1;
+            if let Some(ms) = ms {
+                blows.failovers.push(ms);
+            }
+            println!(
+                "  {:5.1} s  killed {victim}: failover {}",
+                started.elapsed().as_secs_f64(),
+                ms.map_or_else(|| "not timed".to_string(), |ms| format!("{ms:.1} ms"))
+            );
         }
-        self.verify(args, &blows)
     }
+    println!(
+        "  done in {:.1} s: {} member kills, {} producer kills",
+        started.elapsed().as_secs_f64(),
+        blows.member_kills,
+        blows.producer_kills
+    );
+    Ok(blows)
+}
 
-    fn topology(&self, args: &Args, rate: u64) -> String {
-        let exe = self.bin.join("recipe31");
-        format!(
-            r#"[supervision]
-strategy = "one_for_one"
-max_restarts = 1000
-period_secs = 60
-shutdown_grace_secs = 5
-
-[[worker]]
-name = "worker"
-command = "{exe}"
-args = ["worker", "--partitions", "{parts}"]
-replicas = {workers}
-restart = "transient"
-env = {{ RUST_LOG = "warn" }}
-
-[[worker]]
-name = "producer"
-command = "{exe}"
-args = ["producer", "--objects", "{n}", "--size", "{size}", "--rate", "{rate}", "--partitions", "{parts}"]
-replicas = 1
-restart = "transient"
-env = {{ RUST_LOG = "warn" }}
-"#,
-            exe = exe.display(),
-            parts = args.partitions,
-            workers = args.workers,
-            n = args.objects,
-            size = args.size,
-        )
-    }
-
-    /// Kills members and the producer at random moments while
-    /// notifications flow, printing progress, until `grafos run` ends.
-    fn disturb(&self, args: &Args, run: &mut Child) -> Result<Blows, Failure> {
-        let topics = TopicManager::new();
-        let started = Instant::now();
-        let deadline = started + Duration::from_secs(args.timeout_secs);
-        let total = args.kills + args.producer_kills;
-        let interval = Duration::from_millis(args.secs * 1000 / u64::from(total + 4));
-        let mut rng = Rng(u64::from(std::process::id()) ^ common::unix_us());
-        let mut blows = Blows::default();
-        let mut next_blow = started + interval;
-        let mut last_handled = 0;
-        let mut last_progress = Instant::now();
-        // The producer's kills come at these blows (spread over the run).
-        let producer_at: BTreeSet<u32> = (1..=args.producer_kills)
-            .map(|k| k * total / (args.producer_kills + 1))
-            .collect();
-        while run.try_wait()?.is_none() {
-            if Instant::now() > deadline {
-                let _ = run.kill();
-                return Err("the pipeline did not finish in time".into());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-            let Ok(d) = topics.describe(TOPIC) else {
-                continue;
-            };
-            let Some(g) = d.groups.iter().find(|g| g.name == GROUP) else {
-                continue;
-            };
-            let handled: u64 = g.committed.iter().sum();
-            let notified: u64 = d.partitions.iter().map(|p| p.head).sum();
-            if last_progress.elapsed() >= Duration::from_secs(2) {
-                println!(
-                    "  {:5.1} s  notified {notified:6}  handled {handled:6}  member kills {:2}  producer kills {}  generation {}",
-                    started.elapsed().as_secs_f64(),
-                    blows.member_kills,
-                    blows.producer_kills,
-                    g.coordination.generation
-                );
-                last_progress = Instant::now();
-            }
-            // Only while records are in flight: handled moved since the
-            // last blow and not everything is handled.
-            let in_flight = handled > last_handled && handled < args.objects;
-            let blown = blows.member_kills + blows.producer_kills;
-            if Instant::now() < next_blow || !in_flight || blown >= total {
-                continue;
-            }
-            // Random moments: the next blow comes after half to one and a
-            // half intervals.
-            next_blow = Instant::now() + interval.mul_f64(0.5 + rng.unit());
-            last_handled = handled;
-            let producing = notified < args.objects;
-            if (producer_at.contains(&blown) || blows.member_kills >= args.kills) && producing {
-                self.grafos(&["kill", "producer"])?;
-                blows.producer_kills += 1;
-                println!(
-                    "  {:5.1} s  killed the producer",
-                    started.elapsed().as_secs_f64()
-                );
-            } else if blows.member_kills < args.kills {
-                let victim = format!("worker.{}", rng.below(u64::from(args.workers)));
-                let ms = self.kill_member(&topics, &d, &victim)?;
-                blows.member_kills += 1;
-                if let Some(ms) = ms {
-                    blows.failovers.push(ms);
-                }
-                println!(
-                    "  {:5.1} s  killed {victim}: failover {}",
-                    started.elapsed().as_secs_f64(),
-                    ms.map_or_else(|| "not timed".to_string(), |ms| format!("{ms:.1} ms"))
-                );
-            }
-        }
-        println!(
-            "  done in {:.1} s: {} member kills, {} producer kills",
-            started.elapsed().as_secs_f64(),
-            blows.member_kills,
-            blows.producer_kills
-        );
-        Ok(blows)
-    }
-
-    /// SIGKILLs group member `victim` and times its failover (ms); `None`
-    /// if it owned nothing (nothing to fail over) or was not a member yet.
-    fn kill_member(
-        &self,
-        topics: &TopicManager,
-        before: &TopicDescription,
-        victim: &str,
-    ) -> Result<Option<f64>, Failure> {
-        let g = before
+/// SIGKILLs group member `victim` and times its failover (ms); `None`
+/// if it owned nothing (nothing to fail over) or was not a member yet.
+fn kill_member(
+    drill: &Drill,
+    topics: &TopicManager,
+    before: &TopicDescription,
+    victim: &str,
+) -> Result<Option<f64>, Failure> {
+    let g = before
+        .groups
+        .iter()
+        .find(|g| g.name == GROUP)
+        .ok_or("no group")?;
+    let member = g.members.iter().find(|m| m.name == victim);
+    let killed_at = Instant::now();
+    drill.grafos(&["kill", victim])?;
+    let Some(member) = member.filter(|m| !m.partitions.is_empty()) else {
+        return Ok(None);
+    };
+    let (pid, owned) = (member.pid, member.partitions.clone());
+    let committed: BTreeMap<u32, u64> = owned
+        .iter()
+        .map(|&p| (p, g.committed[p as usize]))
+        .collect();
+    while killed_at.elapsed() < FAILOVER_LIMIT {
+        let d = topics.describe(TOPIC)?;
+        let g = d
             .groups
             .iter()
             .find(|g| g.name == GROUP)
             .ok_or("no group")?;
-        let member = g.members.iter().find(|m| m.name == victim);
-        let killed_at = Instant::now();
-        self.grafos(&["kill", victim])?;
-        let Some(member) = member.filter(|m| !m.partitions.is_empty()) else {
-            return Ok(None);
-        };
-        let (pid, owned) = (member.pid, member.partitions.clone());
-        let committed: BTreeMap<u32, u64> = owned
+        let owners: Vec<u32> = g
+            .members
             .iter()
-            .map(|&p| (p, g.committed[p as usize]))
+            .flat_map(|m| m.partitions.clone())
             .collect();
-        while killed_at.elapsed() < FAILOVER_LIMIT {
-            let d = topics.describe(TOPIC)?;
-            let g = d
-                .groups
-                .iter()
-                .find(|g| g.name == GROUP)
-                .ok_or("no group")?;
-            let owners: Vec<u32> = g
-                .members
-                .iter()
-                .flat_map(|m| m.partitions.clone())
-                .collect();
-            let all_owned = (0..d.partitions.len() as u32).all(|p| owners.contains(&p));
-            let dead_gone = g.members.iter().all(|m| m.pid != pid);
-            let consuming = committed
-                .iter()
-                .all(|(&p, &at)| g.committed[p as usize] > at || d.lag(g, p as usize) == 0);
-            if all_owned && dead_gone && consuming {
-                return Ok(Some(killed_at.elapsed().as_secs_f64() * 1e3));
-            }
-            std::thread::sleep(Duration::from_micros(500));
+        let all_owned = (0..d.partitions.len() as u32).all(|p| owners.contains(&p));
+        let dead_gone = g.members.iter().all(|m| m.pid != pid);
+        let consuming = committed
+            .iter()
+            .all(|(&p, &at)| g.committed[p as usize] > at || d.lag(g, p as usize) == 0);
+        if all_owned && dead_gone && consuming {
+            return Ok(Some(killed_at.elapsed().as_secs_f64() * 1e3));
         }
-        Err(format!("{victim}'s partitions did not fail over within {FAILOVER_LIMIT:?}").into())
+        std::thread::sleep(Duration::from_micros(500));
     }
+    Err(format!("{victim}'s partitions did not fail over within {FAILOVER_LIMIT:?}").into())
+}
 
-    /// Checks every object's result from outside and prints the verdict.
-    fn verify(&self, args: &Args, blows: &Blows) -> Result<bool, Failure> {
-        let base = format!("fabric://{}", self.instance);
-        let objects = self.listing(&format!("{base}/{}/", common::OBJECTS), "--checksum")?;
-        let results = self.listing(&format!("{base}/{}/", common::RESULTS), "--content")?;
-        let (mut missing, mut wrong, mut reprocessed) = (0u64, 0u64, 0u64);
-        for i in 0..args.objects {
-            let key = common::object_key(i);
-            let expected = format!(
-                "crc32:{:08x}",
-                common::checksum(&common::object_body(i, args.size))
-            );
-            match (objects.get(&key), results.get(&key)) {
-                (Some(crc), Some(text)) => {
-                    let outcome = Outcome::parse(&unescape(text));
-                    match outcome {
-                        Some(o) if *crc == expected && format!("crc32:{:08x}", o.crc) == *crc => {
-                            reprocessed += u64::from(o.runs.saturating_sub(1));
-                        }
-                        _ => wrong += 1,
+/// Checks every object's result from outside and prints the verdict.
+fn verify(drill: &Drill, args: &Args, blows: &Blows) -> Result<bool, Failure> {
+    let base = format!("fabric://{}", drill.instance);
+    let objects = listing(drill, &format!("{base}/{}/", common::OBJECTS), "--checksum")?;
+    let results = listing(drill, &format!("{base}/{}/", common::RESULTS), "--content")?;
+    let (mut missing, mut wrong, mut reprocessed) = (0u64, 0u64, 0u64);
+    for i in 0..args.objects {
+        let key = common::object_key(i);
+        let expected = format!(
+            "crc32:{:08x}",
+            common::checksum(&common::object_body(i, args.size))
+        );
+        match (objects.get(&key), results.get(&key)) {
+            (Some(crc), Some(text)) => {
+                let outcome = Outcome::parse(&unescape(text));
+                match outcome {
+                    Some(o) if *crc == expected && format!("crc32:{:08x}", o.crc) == *crc => {
+                        reprocessed += u64::from(o.runs.saturating_sub(1));
                     }
+                    _ => wrong += 1,
                 }
-                _ => missing += 1,
             }
+            _ => missing += 1,
         }
-        // A result for no object of the run is wrong too.
-        wrong += results
-            .keys()
-            .filter(|k| common::object_index(k).is_none_or(|i| i >= args.objects))
-            .count() as u64;
-        let status = self.status()?;
-        let workers = status["workers"]["workers"]
-            .as_array()
-            .cloned()
-            .unwrap_or_default();
-        let restarts = |prefix: &str| -> u64 {
-            workers
-                .iter()
-                .filter(|w| w["id"].as_str().is_some_and(|id| id.starts_with(prefix)))
-                .filter_map(|w| w["restarts"].as_u64())
-                .sum()
+    }
+    // A result for no object of the run is wrong too.
+    wrong += results
+        .keys()
+        .filter(|k| common::object_index(k).is_none_or(|i| i >= args.objects))
+        .count() as u64;
+    let status = drill.status()?;
+    let workers = status["workers"]["workers"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let restarts = |prefix: &str| -> u64 {
+        workers
+            .iter()
+            .filter(|w| w["id"].as_str().is_some_and(|id| id.starts_with(prefix)))
+            .filter_map(|w| w["restarts"].as_u64())
+            .sum()
+    };
+    let (member_restarts, producer_restarts) = (restarts("worker"), restarts("producer"));
+    let group = status["topics"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["name"] == TOPIC)
+        .flat_map(|t| t["groups"].as_array().cloned().unwrap_or_default())
+        .find(|g| g["name"] == GROUP)
+        .unwrap_or_default();
+    let rebalances = group["generation"].as_u64().unwrap_or(0);
+    let mut failovers = blows.failovers.clone();
+    failovers.sort_by(f64::total_cmp);
+    let max_failover = failovers.last().copied().unwrap_or(0.0);
+    println!(
+        "group {GROUP}: member restarts {member_restarts}, producer restarts {producer_restarts}, evicted dead {}, evicted silent {}, partition moves {}",
+        group["evicted_dead"], group["evicted_silent"], group["moved"]
+    );
+    if args.table {
+        print_failovers(&failovers);
+    }
+    let kills = member_restarts + producer_restarts;
+    let mut problems = Vec::new();
+    if missing > 0 || wrong > 0 {
+        problems.push(format!("{missing} results missing, {wrong} wrong"));
+    }
+    if member_restarts < u64::from(args.kills) {
+        problems.push(format!(
+            "only {member_restarts} member kills (at least {})",
+            args.kills
+        ));
+    }
+    if producer_restarts < u64::from(args.producer_kills) {
+        problems.push(format!(
+            "only {producer_restarts} producer kills (at least {})",
+            args.producer_kills
+        ));
+    }
+    if reprocessed == 0 {
+        problems.push("nothing was reprocessed: the drill proved nothing".into());
+    }
+    for problem in &problems {
+        eprintln!("recipe31-failover: {problem}");
+    }
+    println!(
+        "objects={} results={} missing={missing} wrong={wrong} kills={kills} rebalances={rebalances} reprocessed={reprocessed} max_failover_ms={max_failover:.0}",
+        objects.len(),
+        results.len()
+    );
+    std::io::stdout().flush()?;
+    Ok(problems.is_empty())
+}
+
+/// `grafos store ls PREFIX FLAG`: key -> the column FLAG added.
+fn listing(drill: &Drill, prefix: &str, flag: &str) -> Result<BTreeMap<String, String>, Failure> {
+    let text = drill.grafos(&["store", "ls", prefix, flag])?;
+    let mut out = BTreeMap::new();
+    for line in text.lines() {
+        let mut cols = line.splitn(3, '\t');
+        let (Some(uri), Some(_size), Some(extra)) = (cols.next(), cols.next(), cols.next()) else {
+            return Err(format!("grafos store ls: odd line {line:?}").into());
         };
-        let (member_restarts, producer_restarts) = (restarts("worker"), restarts("producer"));
-        let group = status["topics"]
-            .as_array()
-            .into_iter()
-            .flatten()
-            .filter(|t| t["name"] == TOPIC)
-            .flat_map(|t| t["groups"].as_array().cloned().unwrap_or_default())
-            .find(|g| g["name"] == GROUP)
-            .unwrap_or_default();
-        let rebalances = group["generation"].as_u64().unwrap_or(0);
-        let mut failovers = blows.failovers.clone();
-        failovers.sort_by(f64::total_cmp);
-        let max_failover = failovers.last().copied().unwrap_or(0.0);
-        println!(
-            "group {GROUP}: member restarts {member_restarts}, producer restarts {producer_restarts}, evicted dead {}, evicted silent {}, partition moves {}",
-            group["evicted_dead"], group["evicted_silent"], group["moved"]
-        );
-        if args.table {
-            print_failovers(&failovers);
+        let key = uri.rsplit('/').next().unwrap_or_default().to_string();
+        if out.insert(key, extra.to_string()).is_some() {
+            return Err(format!("grafos store ls listed {uri} twice").into());
         }
-        let kills = member_restarts + producer_restarts;
-        let mut problems = Vec::new();
-        if missing > 0 || wrong > 0 {
-            problems.push(format!("{missing} results missing, {wrong} wrong"));
-        }
-        if member_restarts < u64::from(args.kills) {
-            problems.push(format!(
-                "only {member_restarts} member kills (at least {})",
-                args.kills
-            ));
-        }
-        if producer_restarts < u64::from(args.producer_kills) {
-            problems.push(format!(
-                "only {producer_restarts} producer kills (at least {})",
-                args.producer_kills
-            ));
-        }
-        if reprocessed == 0 {
-            problems.push("nothing was reprocessed: the drill proved nothing".into());
-        }
-        for problem in &problems {
-            eprintln!("recipe31-failover: {problem}");
-        }
-        println!(
-            "objects={} results={} missing={missing} wrong={wrong} kills={kills} rebalances={rebalances} reprocessed={reprocessed} max_failover_ms={max_failover:.0}",
-            objects.len(),
-            results.len()
-        );
-        std::io::stdout().flush()?;
-        Ok(problems.is_empty())
     }
-
-    /// `grafos store ls PREFIX FLAG`: key -> the column FLAG added.
-    fn listing(&self, prefix: &str, flag: &str) -> Result<BTreeMap<String, String>, Failure> {
-        let text = self.grafos(&["store", "ls", prefix, flag])?;
-        let mut out = BTreeMap::new();
-        for line in text.lines() {
-            let mut cols = line.splitn(3, '\t');
-            let (Some(uri), Some(_size), Some(extra)) = (cols.next(), cols.next(), cols.next())
-            else {
-                return Err(format!("grafos store ls: odd line {line:?}").into());
-            };
-            let key = uri.rsplit('/').next().unwrap_or_default().to_string();
-            if out.insert(key, extra.to_string()).is_some() {
-                return Err(format!("grafos store ls listed {uri} twice").into());
-            }
-        }
-        Ok(out)
-    }
-
-    /// Takes the instance down and checks nothing of it is left.
-    fn finish(&self) {
-        if let Err(e) = self.grafos(&["down"]) {
-            eprintln!("recipe31-failover: {e}");
-        }
-        let prefix = format!("grafos.{}.", self.instance);
-        let left: Vec<String> = std::fs::read_dir("/dev/shm")
-            .into_iter()
-            .flatten()
-            .flatten()
-            .map(|e| e.file_name().to_string_lossy().into_owned())
-            .filter(|name| name.starts_with(&prefix))
-            .collect();
-        if !left.is_empty() {
-            eprintln!("recipe31-failover: left in /dev/shm: {left:?}");
-            std::process::exit(1);
-        }
-        let _ = std::fs::remove_dir_all(&self.root);
-    }
+    Ok(out)
 }
 
 /// The distribution of failover times.

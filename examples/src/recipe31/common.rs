@@ -201,3 +201,41 @@ impl Renewals {
         }
     }
 }
+
+/// The `grafos run` topology of the pipeline: `workers` worker replicas
+/// first (the producer waits for their group), then the producer, all
+/// running `exe` (the recipe31 binary).
+pub fn topology(
+    exe: &std::path::Path,
+    objects: u64,
+    size: usize,
+    rate: u64,
+    partitions: u32,
+    workers: u32,
+) -> String {
+    let exe = exe.display();
+    format!(
+        r#"[supervision]
+strategy = "one_for_one"
+max_restarts = 1000
+period_secs = 60
+shutdown_grace_secs = 5
+
+[[worker]]
+name = "worker"
+command = "{exe}"
+args = ["worker", "--partitions", "{partitions}"]
+replicas = {workers}
+restart = "transient"
+env = {{ RUST_LOG = "warn" }}
+
+[[worker]]
+name = "producer"
+command = "{exe}"
+args = ["producer", "--objects", "{objects}", "--size", "{size}", "--rate", "{rate}", "--partitions", "{partitions}"]
+replicas = 1
+restart = "transient"
+env = {{ RUST_LOG = "warn" }}
+"#
+    )
+}

@@ -87,47 +87,20 @@ fn start_supervisor(
     Ok(handle)
 }
 
-/// The topology: the workers first (the producer waits for their group).
-fn topology(args: &DemoArgs, exe: &Path) -> String {
-    let exe = exe.display();
-    let (n, size, rate, parts, workers) = (
+/// Runs the topology under `grafos run`'s supervision, printing progress
+/// each second until the group ends.
+fn pipeline(args: &DemoArgs, paths: &InstancePaths, root: &Path) -> Result<(), Failure> {
+    let file: PathBuf = root.join("recipe31.toml");
+    let exe = std::env::current_exe()?;
+    let topology = common::topology(
+        &exe,
         args.objects,
         args.size,
         args.rate,
         args.partitions,
         args.workers,
     );
-    format!(
-        r#"[supervision]
-strategy = "one_for_one"
-max_restarts = 1000
-period_secs = 60
-shutdown_grace_secs = 5
-
-[[worker]]
-name = "worker"
-command = "{exe}"
-args = ["worker", "--partitions", "{parts}"]
-replicas = {workers}
-restart = "transient"
-env = {{ RUST_LOG = "warn" }}
-
-[[worker]]
-name = "producer"
-command = "{exe}"
-args = ["producer", "--objects", "{n}", "--size", "{size}", "--rate", "{rate}", "--partitions", "{parts}"]
-replicas = 1
-restart = "transient"
-env = {{ RUST_LOG = "warn" }}
-"#
-    )
-}
-
-/// Runs the topology under `grafos run`'s supervision, printing progress
-/// each second until the group ends.
-fn pipeline(args: &DemoArgs, paths: &InstancePaths, root: &Path) -> Result<(), Failure> {
-    let file: PathBuf = root.join("recipe31.toml");
-    std::fs::write(&file, topology(args, &std::env::current_exe()?))?;
+    std::fs::write(&file, topology)?;
     let follow = {
         let paths = paths.clone();
         std::thread::spawn(move || grafos_runtime::run::run(&paths, &file))

@@ -254,17 +254,8 @@ impl MemberSlot {
     }
 
     fn name(&self) -> Option<String> {
-        let len = self.name_len.load(Ordering::Relaxed) as usize;
-        if len == 0 || len > MEMBER_NAME_MAX {
-            return None;
-        }
-        let bytes: Vec<u8> = self
-            .name
-            .iter()
-            .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
-            .take(len)
-            .collect();
-        String::from_utf8(bytes).ok()
+        let len = usize::try_from(self.name_len.load(Ordering::Relaxed)).ok()?;
+        super::read_name(&self.name, len)
     }
 
     /// Whether the member is dead, or silent past its timeout at `now_ms`.

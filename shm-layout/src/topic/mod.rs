@@ -1105,11 +1105,19 @@ fn group_state(name: &str) -> Result<u64, TopicError> {
 fn group_name(g: &GroupEntry) -> Option<String> {
     let state = g.state.load(Ordering::Acquire);
     let len = ((state >> 48) & 0x7FFF) as usize;
-    if state & GROUP_READY == 0 || len == 0 || len > GROUP_NAME_MAX {
+    if state & GROUP_READY == 0 || len > GROUP_NAME_MAX {
         return None;
     }
-    let bytes: Vec<u8> = g
-        .name
+    read_name(&g.name, len)
+}
+
+/// The first `len` bytes of `words` (little-endian) as a name: `None`
+/// for an empty name or bytes that are not UTF-8.
+fn read_name(words: &[AtomicU64], len: usize) -> Option<String> {
+    if len == 0 || len > words.len() * 8 {
+        return None;
+    }
+    let bytes: Vec<u8> = words
         .iter()
         .flat_map(|w| w.load(Ordering::Relaxed).to_le_bytes())
         .take(len)
