@@ -9,8 +9,8 @@
 mod iox;
 mod local;
 mod mpmc;
-mod recipe31;
 mod rebind;
+mod recipe31;
 mod repair;
 mod store;
 mod topic;
@@ -63,6 +63,10 @@ struct Args {
     /// Objects per run of the recipe 31 table.
     #[arg(long, default_value_t = 100_000)]
     recipe31_objects: u64,
+    /// Objects per second of the recipe 31 latency table (paced runs of
+    /// five seconds).
+    #[arg(long, default_value_t = 5_000)]
+    recipe31_rate: u64,
     /// The recipe31 example binary (built by
     /// `cargo build --release -p grafos-examples`).
     #[arg(long, default_value = "../target/release/recipe31")]
@@ -120,6 +124,7 @@ fn main() {
             runs,
             args.redis.as_deref(),
             args.recipe31_objects,
+            args.recipe31_rate.max(1),
             &args.recipe31_bin,
         );
         return;

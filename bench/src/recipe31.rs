@@ -43,12 +43,24 @@ struct Run {
     p99_us: u64,
 }
 
-/// Prints the table: grafos, Redis batched, Redis naive (medians of
-/// `runs` runs; the naive row with fewer objects when it would be slow).
-pub fn recipe31_table(runs: usize, redis: Option<&str>, objects: u64, recipe31: &Path) {
+/// Prints two tables of grafos, Redis batched and Redis naive (medians
+/// of `runs` runs): as fast as each goes (events/s; the latency then is
+/// mostly time queued), then paced at `rate` objects/s, below what each
+/// sustains (latency of one object through the pipeline).
+pub fn recipe31_table(runs: usize, redis: Option<&str>, objects: u64, rate: u64, recipe31: &Path) {
     println!(
-        "recipe 31 pipeline: {objects} objects of {SIZE} B, 1 producer + {WORKERS} worker processes (events/s: first put to last result; latency: put -> result)"
+        "recipe 31 pipeline: {objects} objects of {SIZE} B, 1 producer + {WORKERS} worker processes, unpaced (events/s: first put to last result; latency: put -> result)"
     );
+    pipeline_table(runs, redis, objects, 0, recipe31);
+    let paced = (rate * 5).min(objects);
+    println!(
+        "recipe 31 pipeline paced at {rate} objects/s ({paced} objects): latency put -> result"
+    );
+    pipeline_table(runs, redis, paced, rate, recipe31);
+}
+
+/// One table: each pipeline `runs` times, rows interleaved run by run.
+fn pipeline_table(runs: usize, redis: Option<&str>, objects: u64, rate: u64, recipe31: &Path) {
     let mut rows: Vec<(&str, Vec<Run>)> = vec![("grafos (shm store + topic + group)", Vec::new())];
     let modes: &[(&str, Mode)] = &[
         ("Redis batched (pipelined, COUNT 256)", Mode::Batched),
@@ -57,13 +69,15 @@ pub fn recipe31_table(runs: usize, redis: Option<&str>, objects: u64, recipe31: 
     if redis.is_some() {
         rows.extend(modes.iter().map(|(name, _)| (*name, Vec::new())));
     } else {
-        println!("  (no --redis: the Redis rows are skipped; scripts/recipe31-bench.sh starts one)");
+        println!(
+            "  (no --redis: the Redis rows are skipped; scripts/recipe31-bench.sh starts one)"
+        );
     }
     for run in 0..runs {
-        rows[0].1.push(grafos_run(recipe31, objects));
+        rows[0].1.push(grafos_run(recipe31, objects, rate));
         if let Some(addr) = redis {
             for (i, (_, mode)) in modes.iter().enumerate() {
-                rows[i + 1].1.push(redis_run(addr, *mode, objects));
+                rows[i + 1].1.push(redis_run(addr, *mode, objects, rate));
             }
         }
         eprintln!("  run {} of {runs} done", run + 1);
@@ -92,12 +106,21 @@ pub fn recipe31_table(runs: usize, redis: Option<&str>, objects: u64, recipe31: 
 }
 
 /// Runs the `recipe31` demo and reads its report.
-fn grafos_run(recipe31: &Path, objects: u64) -> Run {
+fn grafos_run(recipe31: &Path, objects: u64, rate: u64) -> Run {
     let out = std::process::Command::new(recipe31)
-        .args(["--objects", &objects.to_string(), "--size", &SIZE.to_string()])
+        .args([
+            "--objects",
+            &objects.to_string(),
+            "--size",
+            &SIZE.to_string(),
+            "--rate",
+            &rate.to_string(),
+        ])
         .stderr(Stdio::inherit())
         .output()
-        .expect("run the recipe31 example (build it with cargo build --release -p grafos-examples)");
+        .expect(
+            "run the recipe31 example (build it with cargo build --release -p grafos-examples)",
+        );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "recipe31 failed:\n{text}");
     let line = text
@@ -158,7 +181,7 @@ fn connect(addr: &str) -> redis::Connection {
 
 /// One Redis run: a clean database, the group, the workers, then the
 /// producer; done once every result is there.
-fn redis_run(addr: &str, mode: Mode, objects: u64) -> Run {
+fn redis_run(addr: &str, mode: Mode, objects: u64, rate: u64) -> Run {
     let mut con = connect(addr);
     redis::cmd("FLUSHDB").exec(&mut con).expect("FLUSHDB");
     redis::cmd("XGROUP")
@@ -167,7 +190,7 @@ fn redis_run(addr: &str, mode: Mode, objects: u64) -> Run {
         .expect("XGROUP CREATE");
     let spawn = |role: &str, extra: &str| {
         self_exe()
-            .args(["child", role, mode.name(), addr, extra])
+            .args(["child", role, mode.name(), addr, extra, &rate.to_string()])
             .stdout(Stdio::piped())
             .spawn()
             .expect("spawn a recipe 31 child")
@@ -176,7 +199,10 @@ fn redis_run(addr: &str, mode: Mode, objects: u64) -> Run {
         .map(|i| spawn("r31-worker", &format!("worker-{i}")))
         .collect();
     let mut producer = spawn("r31-producer", &objects.to_string());
-    assert!(producer.wait().expect("producer").success(), "producer failed");
+    assert!(
+        producer.wait().expect("producer").success(),
+        "producer failed"
+    );
     let deadline = Instant::now() + Duration::from_secs(600);
     loop {
         let done: u64 = redis::cmd("HLEN")
@@ -227,14 +253,29 @@ fn redis_run(addr: &str, mode: Mode, objects: u64) -> Run {
     }
 }
 
-/// The Redis producer: `args` = mode, address, objects.
+/// The Redis producer: `args` = mode, address, objects, rate (objects/s,
+/// 0: unpaced).
 pub fn producer(args: &[String]) {
     let mode = Mode::parse(&args[0]);
     let mut con = connect(&args[1]);
     let objects: u64 = args[2].parse().expect("objects");
-    let batch = if mode == Mode::Batched { BATCH as u64 } else { 1 };
+    let rate: u64 = args[3].parse().expect("rate");
+    // Paced, one object per trip in both modes (a batch would hold the
+    // first object back until the last is due).
+    let batch = if mode == Mode::Batched && rate == 0 {
+        BATCH as u64
+    } else {
+        1
+    };
+    let began = Instant::now();
     let mut i = 0;
     while i < objects {
+        if rate > 0 {
+            let due = began + Duration::from_secs_f64(i as f64 / rate as f64);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+        }
         let mut pipe = redis::pipe();
         for j in i..(i + batch).min(objects) {
             let key = common::object_key(j);

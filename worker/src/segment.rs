@@ -443,10 +443,16 @@ fn inode(fd: &OwnedFd, name: &SegmentName) -> Result<u64> {
         .st_ino)
 }
 
+/// Mappings up to this size are pre-faulted when asked (rings and control
+/// blocks, whose pages are all hot); larger ones (a hash map's arenas)
+/// fault pages in as they are touched, so opening one does not stall its
+/// opener while a whole arena's page tables are filled.
+const POPULATE_MAX: u64 = 8 << 20;
+
 fn map(fd: &OwnedFd, len: u64, name: &SegmentName, populate: bool) -> Result<MmapRaw> {
     let mut options = MmapOptions::new();
     options.len(len as usize);
-    if populate {
+    if populate && len <= POPULATE_MAX {
         options.populate();
     }
     options.map_raw(fd).map_err(|e| FabricError::Io {
