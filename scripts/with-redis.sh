@@ -18,28 +18,42 @@ if ! command -v redis-server >/dev/null; then
 fi
 
 dir=$(mktemp -d)
-port=$((20000 + RANDOM % 20000))
-pidfile="$dir/redis.pid"
 pid=""
 stop() {
     # Only the server this script started, by its pid.
     if [ -n "$pid" ]; then
         kill "$pid" 2>/dev/null || true
-        for _ in $(seq 50); do
-            [ -e "/proc/$pid" ] || break
-            sleep 0.1
-        done
+        wait "$pid" 2>/dev/null || true
     fi
     rm -rf "$dir"
 }
 trap stop EXIT
 
-redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
-    --daemonize yes --pidfile "$pidfile" --dir "$dir" --logfile "$dir/redis.log"
-for _ in $(seq 100); do
-    redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
-    sleep 0.1
+# A free port: the server we start must be the one that answers there
+# (its INFO reports our child's pid), else another port is tried.
+for _ in 1 2 3 4 5; do
+    port=$((20000 + RANDOM % 20000))
+    if redis-cli -p "$port" ping >/dev/null 2>&1; then
+        continue # someone else's server
+    fi
+    redis-server --bind 127.0.0.1 --port "$port" --save '' --appendonly no \
+        --dir "$dir" --logfile "$dir/redis.log" &
+    pid=$!
+    for _ in $(seq 100); do
+        redis-cli -p "$port" ping 2>/dev/null | grep -q PONG && break
+        kill -0 "$pid" 2>/dev/null || break
+        sleep 0.1
+    done
+    if redis-cli -p "$port" info server 2>/dev/null | tr -d '\r' | grep -qx "process_id:$pid"; then
+        break
+    fi
+    kill "$pid" 2>/dev/null || true
+    wait "$pid" 2>/dev/null || true
+    pid=""
 done
-pid=$(cat "$pidfile")
+if [ -z "$pid" ]; then
+    echo "could not start a private redis-server" >&2
+    exit 1
+fi
 echo "redis-server $(redis-server --version | grep -o 'v=[0-9.]*') on 127.0.0.1:$port (pid $pid)"
 REDIS_ADDR="127.0.0.1:$port" "$@"

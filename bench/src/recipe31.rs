@@ -14,7 +14,11 @@
 //!   the `HGET`s, then the `HSET`s and one `XACK`.
 //!
 //! Events/s is objects over first put to last result; latency is put to
-//! result write, from the timestamps in each result.
+//! result, from the timestamps in each result (on both sides the result's
+//! time is taken as it is made, just before it is written; in batched
+//! Redis, before the batch's writes are sent). Each producer starts once
+//! every worker has joined its group. The grafos workers do a little more
+//! per record (they read the previous result to count reprocessing).
 
 #[path = "../../examples/src/recipe31/common.rs"]
 mod common;
@@ -198,6 +202,20 @@ fn redis_run(addr: &str, mode: Mode, objects: u64, rate: u64) -> Run {
     let mut workers: Vec<_> = (0..WORKERS)
         .map(|i| spawn("r31-worker", &format!("worker-{i}")))
         .collect();
+    // As the grafos producer waits for its group, this one starts once
+    // every worker has joined (its first XREADGROUP registers it).
+    let ready = Instant::now() + Duration::from_secs(30);
+    loop {
+        let consumers: Vec<Value> = redis::cmd("XINFO")
+            .arg(&["CONSUMERS", common::TOPIC, common::GROUP])
+            .query(&mut con)
+            .expect("XINFO CONSUMERS");
+        if consumers.len() >= WORKERS as usize {
+            break;
+        }
+        assert!(Instant::now() < ready, "the Redis workers did not join");
+        std::thread::sleep(Duration::from_millis(1));
+    }
     let mut producer = spawn("r31-producer", &objects.to_string());
     assert!(
         producer.wait().expect("producer").success(),
@@ -282,6 +300,11 @@ pub fn producer(args: &[String]) {
             let uri = format!("fabric://redis/{}/{key}", common::OBJECTS);
             pipe.hset(common::OBJECTS, &key, common::object_body(j, SIZE))
                 .ignore();
+            if mode == Mode::Naive {
+                // One command per round trip: the HSET, then the XADD.
+                pipe.exec(&mut con).expect("HSET");
+                pipe = redis::pipe();
+            }
             pipe.cmd("XADD")
                 .arg(common::TOPIC)
                 .arg("*")
@@ -355,6 +378,7 @@ pub fn worker(args: &[String]) {
                 put_us: *put_us,
                 done_us: common::unix_us(),
                 runs: 1,
+                redelivered: 0,
             };
             if mode == Mode::Naive {
                 redis::cmd("HSET")

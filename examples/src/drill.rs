@@ -6,13 +6,16 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use grafos_worker::drain::Drain;
 use serde_json::Value;
 
 /// A drill's error.
 pub type Failure = Box<dyn std::error::Error>;
 
 /// An instance of the drill's own, its runtime dir, and the directory of
-/// the binaries (`grafos` and the workers) beside the drill's.
+/// the binaries (`grafos` and the workers) beside the drill's. SIGTERM and
+/// SIGINT are caught ([`Drill::interrupted`]), so a drill stopped from
+/// outside still takes its instance down.
 pub struct Drill {
     /// The instance: `<tag><pid>`.
     pub instance: String,
@@ -20,6 +23,7 @@ pub struct Drill {
     pub root: PathBuf,
     /// Where `grafos` and the example binaries are.
     pub bin: PathBuf,
+    stop: Drain,
 }
 
 impl Drill {
@@ -38,11 +42,18 @@ impl Drill {
             instance,
             root,
             bin,
+            stop: Drain::install()?,
         };
         let mut up = vec!["up", "--detach", "--grace-secs", "2"];
         up.extend_from_slice(up_args);
         drill.grafos(&up)?;
         Ok(drill)
+    }
+
+    /// Whether SIGTERM or SIGINT came: stop disturbing, take the instance
+    /// down, fail.
+    pub fn interrupted(&self) -> bool {
+        self.stop.requested()
     }
 
     /// A command for `program` with the instance in its environment.

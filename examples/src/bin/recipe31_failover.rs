@@ -35,7 +35,7 @@ use std::process::{Child, ExitCode, Stdio};
 use std::time::{Duration, Instant};
 
 use clap::Parser;
-use grafos_worker::mq::topic::{TopicDescription, TopicManager};
+use grafos_worker::mq::topic::{MemberDescription, TopicManager};
 
 use drill::{Drill, Failure};
 
@@ -70,13 +70,17 @@ struct Args {
     /// Print the distribution of failover times (p50, p90, p99, max).
     #[arg(long)]
     table: bool,
-    /// Give up after this long.
-    #[arg(long, default_value_t = 600)]
+    /// Give up after this long (below CI's own timeout, so the drill
+    /// still takes its instance down).
+    #[arg(long, default_value_t = 480)]
     timeout_secs: u64,
 }
 
-/// How long a failover may take before the drill stops timing it.
+/// How long a failover may take before the drill gives up on it.
 const FAILOVER_LIMIT: Duration = Duration::from_secs(10);
+/// The fewest member kills and producer kills a passing run shows.
+const MIN_MEMBER_KILLS: u32 = 20;
+const MIN_PRODUCER_KILLS: u32 = 2;
 
 fn main() -> ExitCode {
     let args = Args::parse();
@@ -140,6 +144,11 @@ fn run(drill: &Drill, args: &Args) -> Result<bool, Failure> {
         args.objects, args.workers, args.partitions, args.kills, args.producer_kills
     );
     let result = disturb(drill, args, &mut run);
+    if result.is_err() {
+        // Our child: stop it (it stops the workers) rather than wait for a
+        // pipeline that may be wedged.
+        let _ = run.kill();
+    }
     let status = run.wait()?;
     let mut errors = String::new();
     if let Some(mut stderr) = run.stderr.take() {
@@ -171,8 +180,10 @@ fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<Blows, Failure
         .collect();
     while run.try_wait()?.is_none() {
         if Instant::now() > deadline {
-            let _ = run.kill();
             return Err("the pipeline did not finish in time".into());
+        }
+        if drill.interrupted() {
+            return Err("interrupted".into());
         }
         std::thread::sleep(Duration::from_millis(20));
         let Ok(d) = topics.describe(TOPIC) else {
@@ -213,16 +224,29 @@ fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<Blows, Failure
                 started.elapsed().as_secs_f64()
             );
         } else if blows.member_kills < args.kills {
-            let victim = format!("worker.{}", rng.below(u64::from(args.workers)));
-            let ms = kill_member(drill, &topics, &d, &victim)?;
-            blows.member_kills += 1;
-            if let Some(ms) = ms {
-                blows.failovers.push(ms);
+            let owners: Vec<&MemberDescription> = g
+                .members
+                .iter()
+                .filter(|m| !m.partitions.is_empty())
+                .collect();
+            if owners.is_empty() {
+                continue;
             }
+            let name = owners[rng.below(owners.len() as u64) as usize].name.clone();
+            // The kill lands while records are in flight for the victim.
+            let Some(victim) = in_flight_member(&topics, &name)? else {
+                continue;
+            };
+            let victim = &victim;
+            let ms = kill_member(drill, &topics, victim)?;
+            blows.member_kills += 1;
+            blows.failovers.push(ms);
             println!(
-                "  {:5.1} s  killed {victim}: failover {}",
+                "  {:5.1} s  killed {} (pid {}, partitions {:?}): failover {ms:.1} ms",
                 started.elapsed().as_secs_f64(),
-                ms.map_or_else(|| "not timed".to_string(), |ms| format!("{ms:.1} ms"))
+                victim.name,
+                victim.pid,
+                victim.partitions
             );
         }
     }
@@ -235,30 +259,45 @@ fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<Blows, Failure
     Ok(blows)
 }
 
-/// SIGKILLs group member `victim` and times its failover (ms); `None`
-/// if it owned nothing (nothing to fail over) or was not a member yet.
+/// Member `name` as soon as records wait uncommitted in one of its
+/// partitions (looked at every 0.2 ms for half a second); `None` if that
+/// did not happen.
+fn in_flight_member(
+    topics: &TopicManager,
+    name: &str,
+) -> Result<Option<MemberDescription>, Failure> {
+    let until = Instant::now() + Duration::from_millis(500);
+    while Instant::now() < until {
+        let d = topics.describe(TOPIC)?;
+        let g = d
+            .groups
+            .iter()
+            .find(|g| g.name == GROUP)
+            .ok_or("no group")?;
+        if let Some(m) = g.members.iter().find(|m| m.name == name)
+            && m.partitions.iter().any(|&p| d.lag(g, p as usize) > 0)
+        {
+            return Ok(Some(m.clone()));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    Ok(None)
+}
+
+/// SIGKILLs group member `victim` (which owns partitions) and times its
+/// failover in ms: from just before `grafos kill` until the dead process
+/// is gone from the group, every partition is owned by a live member, and
+/// each partition the victim owned has committed past where it stood when
+/// it was reassigned (or has nothing left to read).
 fn kill_member(
     drill: &Drill,
     topics: &TopicManager,
-    before: &TopicDescription,
-    victim: &str,
-) -> Result<Option<f64>, Failure> {
-    let g = before
-        .groups
-        .iter()
-        .find(|g| g.name == GROUP)
-        .ok_or("no group")?;
-    let member = g.members.iter().find(|m| m.name == victim);
+    victim: &MemberDescription,
+) -> Result<f64, Failure> {
     let killed_at = Instant::now();
-    drill.grafos(&["kill", victim])?;
-    let Some(member) = member.filter(|m| !m.partitions.is_empty()) else {
-        return Ok(None);
-    };
-    let (pid, owned) = (member.pid, member.partitions.clone());
-    let committed: BTreeMap<u32, u64> = owned
-        .iter()
-        .map(|&p| (p, g.committed[p as usize]))
-        .collect();
+    drill.grafos(&["kill", &victim.name])?;
+    // Committed offsets of the victim's partitions once they moved.
+    let mut reassigned: Option<BTreeMap<u32, u64>> = None;
     while killed_at.elapsed() < FAILOVER_LIMIT {
         let d = topics.describe(TOPIC)?;
         let g = d
@@ -266,22 +305,35 @@ fn kill_member(
             .iter()
             .find(|g| g.name == GROUP)
             .ok_or("no group")?;
-        let owners: Vec<u32> = g
-            .members
-            .iter()
-            .flat_map(|m| m.partitions.clone())
-            .collect();
-        let all_owned = (0..d.partitions.len() as u32).all(|p| owners.contains(&p));
-        let dead_gone = g.members.iter().all(|m| m.pid != pid);
-        let consuming = committed
-            .iter()
-            .all(|(&p, &at)| g.committed[p as usize] > at || d.lag(g, p as usize) == 0);
-        if all_owned && dead_gone && consuming {
-            return Ok(Some(killed_at.elapsed().as_secs_f64() * 1e3));
+        let at = |p: u32| g.committed[p as usize];
+        match &reassigned {
+            None => {
+                let owners: Vec<u32> = g
+                    .members
+                    .iter()
+                    .flat_map(|m| m.partitions.clone())
+                    .collect();
+                let all_owned = (0..d.partitions.len() as u32).all(|p| owners.contains(&p));
+                if all_owned && g.members.iter().all(|m| m.pid != victim.pid) {
+                    reassigned = Some(victim.partitions.iter().map(|&p| (p, at(p))).collect());
+                }
+            }
+            Some(then) => {
+                let consuming = then
+                    .iter()
+                    .all(|(&p, &was)| at(p) > was || d.lag(g, p as usize) == 0);
+                if consuming {
+                    return Ok(killed_at.elapsed().as_secs_f64() * 1e3);
+                }
+            }
         }
         std::thread::sleep(Duration::from_micros(500));
     }
-    Err(format!("{victim}'s partitions did not fail over within {FAILOVER_LIMIT:?}").into())
+    Err(format!(
+        "{}'s partitions did not fail over within {FAILOVER_LIMIT:?}",
+        victim.name
+    )
+    .into())
 }
 
 /// Checks every object's result from outside and prints the verdict.
@@ -289,7 +341,7 @@ fn verify(drill: &Drill, args: &Args, blows: &Blows) -> Result<bool, Failure> {
     let base = format!("fabric://{}", drill.instance);
     let objects = listing(drill, &format!("{base}/{}/", common::OBJECTS), "--checksum")?;
     let results = listing(drill, &format!("{base}/{}/", common::RESULTS), "--content")?;
-    let (mut missing, mut wrong, mut reprocessed) = (0u64, 0u64, 0u64);
+    let (mut missing, mut wrong, mut reprocessed, mut renotified) = (0u64, 0, 0, 0);
     for i in 0..args.objects {
         let key = common::object_key(i);
         let expected = format!(
@@ -300,8 +352,14 @@ fn verify(drill: &Drill, args: &Args, blows: &Blows) -> Result<bool, Failure> {
             (Some(crc), Some(text)) => {
                 let outcome = Outcome::parse(&unescape(text));
                 match outcome {
-                    Some(o) if *crc == expected && format!("crc32:{:08x}", o.crc) == *crc => {
-                        reprocessed += u64::from(o.runs.saturating_sub(1));
+                    Some(o)
+                        if *crc == expected
+                            && format!("crc32:{:08x}", o.crc) == *crc
+                            && o.size == args.size as u64
+                            && is_incarnation(&o.incarnation, args.workers) =>
+                    {
+                        reprocessed += u64::from(o.redelivered);
+                        renotified += u64::from(o.runs.saturating_sub(1 + o.redelivered));
                     }
                     _ => wrong += 1,
                 }
@@ -346,25 +404,42 @@ fn verify(drill: &Drill, args: &Args, blows: &Blows) -> Result<bool, Failure> {
     if args.table {
         print_failovers(&failovers);
     }
+    println!(
+        "results: {reprocessed} notifications handled again by a new owner, {renotified} notified again by a resumed producer"
+    );
+    let errors = process_errors(drill);
+    if !errors.is_empty() {
+        println!("worker and producer errors (each ended its process):");
+        for line in &errors {
+            println!("  {line}");
+        }
+    }
     let kills = member_restarts + producer_restarts;
     let mut problems = Vec::new();
     if missing > 0 || wrong > 0 {
         problems.push(format!("{missing} results missing, {wrong} wrong"));
     }
-    if member_restarts < u64::from(args.kills) {
+    if blows.member_kills < MIN_MEMBER_KILLS || blows.producer_kills < MIN_PRODUCER_KILLS {
         problems.push(format!(
-            "only {member_restarts} member kills (at least {})",
-            args.kills
+            "{} member and {} producer kills (at least {MIN_MEMBER_KILLS} and {MIN_PRODUCER_KILLS})",
+            blows.member_kills, blows.producer_kills
         ));
     }
-    if producer_restarts < u64::from(args.producer_kills) {
+    // Every restart is one of our kills: a process that died on its own
+    // (an error) would hide behind the kill count otherwise.
+    if member_restarts != u64::from(blows.member_kills)
+        || producer_restarts != u64::from(blows.producer_kills)
+        || !errors.is_empty()
+    {
         problems.push(format!(
-            "only {producer_restarts} producer kills (at least {})",
-            args.producer_kills
+            "{member_restarts} member and {producer_restarts} producer restarts for {} and {} kills",
+            blows.member_kills, blows.producer_kills
         ));
     }
     if reprocessed == 0 {
-        problems.push("nothing was reprocessed: the drill proved nothing".into());
+        problems.push(
+            "no notification was handled again by a new owner: the drill proved nothing".into(),
+        );
     }
     for problem in &problems {
         eprintln!("recipe31-failover: {problem}");
@@ -393,6 +468,28 @@ fn listing(drill: &Drill, prefix: &str, flag: &str) -> Result<BTreeMap<String, S
         }
     }
     Ok(out)
+}
+
+/// Whether `text` is `worker.N/PID` for one of the `workers` members.
+fn is_incarnation(text: &str, workers: u32) -> bool {
+    let Some((member, pid)) = text.split_once('/') else {
+        return false;
+    };
+    let replica = member
+        .strip_prefix("worker.")
+        .and_then(|n| n.parse::<u32>().ok());
+    replica.is_some_and(|n| n < workers) && pid.parse::<u32>().is_ok()
+}
+
+/// Error lines the producer and workers left in the supervisor's log.
+fn process_errors(drill: &Drill) -> Vec<String> {
+    let log = drill.root.join(&drill.instance).join("supervisor.log");
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.starts_with("recipe31: "))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// The distribution of failover times.

@@ -41,8 +41,9 @@ struct Args {
     /// Live edge segments to poison.
     #[arg(long, default_value_t = 4)]
     poisons: u32,
-    /// Give up after this long.
-    #[arg(long, default_value_t = 600)]
+    /// Give up after this long (below CI's own timeout, so the drill
+    /// still takes its instance down).
+    #[arg(long, default_value_t = 480)]
     timeout_secs: u64,
 }
 
@@ -144,6 +145,10 @@ fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<(), Failure> {
         if Instant::now() > deadline {
             let _ = run.kill();
             return Err("the pipeline did not finish in time".into());
+        }
+        if drill.interrupted() {
+            let _ = run.kill();
+            return Err("interrupted".into());
         }
         std::thread::sleep(Duration::from_millis(50));
         let stored = count_lines(&sink(drill));

@@ -100,16 +100,28 @@ pub struct Outcome {
     pub put_us: u64,
     /// When this result was written (Unix us).
     pub done_us: u64,
-    /// Times the object was processed (1, plus one per reprocessing).
+    /// Times the object was handled (1, plus one per later handling of
+    /// it, whatever the cause).
     pub runs: u32,
+    /// Times a notification was handled again after a result for that
+    /// very notification (same put time) was written: redelivery to a new
+    /// owner after a member died or its partitions moved. A producer's
+    /// repeated notifications after a restart are not counted here.
+    pub redelivered: u32,
 }
 
 impl Outcome {
     /// One line of text.
     pub fn encode(&self) -> String {
         format!(
-            "crc32={:08x} size={} incarnation={} put_us={} done_us={} runs={}\n",
-            self.crc, self.size, self.incarnation, self.put_us, self.done_us, self.runs
+            "crc32={:08x} size={} incarnation={} put_us={} done_us={} runs={} redelivered={}\n",
+            self.crc,
+            self.size,
+            self.incarnation,
+            self.put_us,
+            self.done_us,
+            self.runs,
+            self.redelivered
         )
     }
 
@@ -127,6 +139,7 @@ impl Outcome {
             put_us: fields.get("put_us")?.parse().ok()?,
             done_us: fields.get("done_us")?.parse().ok()?,
             runs: fields.get("runs")?.parse().ok()?,
+            redelivered: fields.get("redelivered")?.parse().ok()?,
         })
     }
 }
@@ -149,15 +162,16 @@ pub fn quantile(sorted: &[u64], q: f64) -> u64 {
 
 /// Keeps every lease the pipeline stands on alive (the object store's
 /// arenas, the topic, the checkpoint store) with a `RenewalManager`,
-/// registering arenas as the store adds them.
+/// registering arenas as the store adds them. Renewals move a deadline to
+/// an hour from now (the leases' own TTL), never closer.
 pub struct Renewals {
     manager: grafos_worker::leasekit::RenewalManager,
     last: std::time::Instant,
 }
 
 impl Renewals {
-    /// Renewal of leases to 120 s ahead.
-    pub const LEASE_SECS: u64 = 120;
+    /// Renewal of leases to an hour ahead (the store's and topic's TTL).
+    pub const LEASE_SECS: u64 = 3600;
 
     /// A manager with nothing registered yet.
     pub fn new() -> Renewals {

@@ -42,7 +42,14 @@ pub fn run(args: &DemoArgs) -> Result<bool, Failure> {
         std::env::set_var("GRAFOS_RUNTIME_DIR", &root);
     }
     let paths = InstancePaths::new(&instance)?;
-    let supervisor = start_supervisor(&paths, &root)?;
+    let supervisor = match start_supervisor(&paths, &root) {
+        Ok(supervisor) => supervisor,
+        Err(e) => {
+            let _ = grafos_runtime::up::down(&paths);
+            let _ = std::fs::remove_dir_all(&root);
+            return Err(e);
+        }
+    };
     println!(
         "recipe31: instance {instance}: {} objects of {} B, {} workers in group {GROUP} over {} partitions of {TOPIC}",
         args.objects, args.size, args.workers, args.partitions
@@ -164,7 +171,7 @@ fn verify(args: &DemoArgs, instance: &str) -> Result<bool, Failure> {
         if outcome.crc != common::checksum(&object) || object != common::object_body(i, args.size) {
             wrong += 1;
         }
-        reprocessed += u64::from(outcome.runs.saturating_sub(1));
+        reprocessed += u64::from(outcome.redelivered);
         latencies.push(outcome.done_us.saturating_sub(outcome.put_us));
         first_put = first_put.min(outcome.put_us);
         last_done = last_done.max(outcome.done_us);

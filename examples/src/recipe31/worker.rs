@@ -55,11 +55,16 @@ pub fn run(partitions: u32) -> Result<(), Box<dyn std::error::Error>> {
             return Ok(());
         }
         batch.clear();
-        let got = consumer.poll_with_timeout(&topics, BATCH, POLL_WAIT, |_, _, bytes| {
-            if let Some((uri, put_us)) = common::parse_notification(bytes) {
-                batch.push((uri.to_string(), put_us));
+        let mut malformed = None;
+        let got = consumer.poll_with_timeout(&topics, BATCH, POLL_WAIT, |p, offset, bytes| {
+            match common::parse_notification(bytes) {
+                Some((uri, put_us)) => batch.push((uri.to_string(), put_us)),
+                None => malformed = malformed.or(Some((p, offset))),
             }
         })?;
+        if let Some((p, offset)) = malformed {
+            return Err(format!("malformed notification at {TOPIC}/{p}@{offset}").into());
+        }
         for (uri, put_us) in &batch {
             process(&store, &instance, &incarnation, uri, *put_us)?;
         }
@@ -104,10 +109,13 @@ fn process(
     // The transform: the object's checksum and size, written back with
     // who did it and when.
     let result = FabricUri::new(instance, RESULTS, uri.key())?;
-    let runs = store
+    let before = store
         .get(&result)?
-        .and_then(|b| Outcome::parse(&String::from_utf8_lossy(&b)))
-        .map_or(1, |o| o.runs + 1);
+        .and_then(|b| Outcome::parse(&String::from_utf8_lossy(&b)));
+    let (runs, redelivered) = match before {
+        None => (1, 0),
+        Some(o) => (o.runs + 1, o.redelivered + u32::from(o.put_us == put_us)),
+    };
     let outcome = Outcome {
         crc: common::checksum(&object),
         size: object.len() as u64,
@@ -115,6 +123,7 @@ fn process(
         put_us,
         done_us: common::unix_us(),
         runs,
+        redelivered,
     };
     store.put(&result, outcome.encode().as_bytes(), None)?;
     Ok(())
