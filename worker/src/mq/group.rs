@@ -168,7 +168,7 @@ impl ConsumerGroup {
     ///
     /// # Errors
     /// `InvalidArgument` if `member` was never claimed through this
-    /// handle; `Topic` (`AdminBusy`); lease errors.
+    /// handle; lease errors.
     pub fn heartbeat(&mut self, member: &str) -> Result<bool> {
         let Some(m) = self.members.get(member) else {
             return Err(FabricError::InvalidArgument(format!(
@@ -189,7 +189,17 @@ impl ConsumerGroup {
         if self.last_eviction_check.elapsed() >= EVICTION_CHECK {
             self.last_eviction_check = Instant::now();
             self.topic.keep_alive();
-            self.topic.evict_members(self.group)?;
+            match self.topic.evict_members(self.group) {
+                // Another live process holds the admin lock (rebalancing,
+                // most likely): the next look tries again.
+                Err(FabricError::Topic {
+                    source: TopicError::AdminBusy,
+                    ..
+                }) => {}
+                other => {
+                    other?;
+                }
+            }
         }
         let m = self.members.get_mut(member).expect("looked up above");
         if generation == m.generation && self.topic.generation(self.group) == generation {
