@@ -203,14 +203,15 @@ fn redis_run(addr: &str, mode: Mode, objects: u64, rate: u64) -> Run {
         .map(|i| spawn("r31-worker", &format!("worker-{i}")))
         .collect();
     // As the grafos producer waits for its group, this one starts once
-    // every worker has joined (its first XREADGROUP registers it).
+    // every worker is connected and about to read (each adds itself to
+    // `r31:ready`).
     let ready = Instant::now() + Duration::from_secs(30);
     loop {
-        let consumers: Vec<Value> = redis::cmd("XINFO")
-            .arg(&["CONSUMERS", common::TOPIC, common::GROUP])
+        let joined: u64 = redis::cmd("SCARD")
+            .arg("r31:ready")
             .query(&mut con)
-            .expect("XINFO CONSUMERS");
-        if consumers.len() >= WORKERS as usize {
+            .expect("SCARD");
+        if joined >= u64::from(WORKERS) {
             break;
         }
         assert!(Instant::now() < ready, "the Redis workers did not join");
@@ -328,6 +329,11 @@ pub fn worker(args: &[String]) {
     let incarnation = format!("{name}/{}", std::process::id());
     let count = if mode == Mode::Batched { BATCH } else { 1 };
     let mut handled = 0u64;
+    redis::cmd("SADD")
+        .arg("r31:ready")
+        .arg(name)
+        .exec(&mut con)
+        .expect("SADD");
     loop {
         let reply: Value = redis::cmd("XREADGROUP")
             .arg(&["GROUP", common::GROUP, name])
