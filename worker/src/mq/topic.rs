@@ -931,16 +931,21 @@ impl Topic {
         self.ctrl().generation(group)
     }
 
-    /// Evicts `group`'s dead and silent members and rebalances, if any.
+    /// Rebalances `group` if it needs it: a member dead or silent past its
+    /// session timeout (evicted), a partition owned by no live member, or
+    /// a rebalance cut short. `None` when it did not.
+    ///
+    /// # Errors
+    /// `Topic(AdminBusy)` if a live process held the admin lock for a
+    /// second.
     pub fn evict_members(&self, group: GroupId) -> Result<Option<Rebalance>> {
         self.ctrl()
             .evict_members(group, me(), unix_time_ms(), is_dead, &self.all())
             .map_err(|e| self.layout_error(e))
     }
 
-    /// Evicts the dead and silent members of every group, rebalancing
-    /// those that had any (the supervisor's call when a process died).
-    /// Returns the rebalances made.
+    /// [`Topic::evict_members`] for every group (the supervisor's call
+    /// when a process died). Returns the rebalances made.
     ///
     /// # Errors
     /// The first group's failure (`AdminBusy`, say); the groups after it
