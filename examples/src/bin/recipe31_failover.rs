@@ -189,7 +189,7 @@ fn disturb(drill: &Drill, args: &Args, run: &mut Child) -> Result<Blows, Failure
         let Ok(d) = topics.describe(TOPIC) else {
             continue;
         };
-        let Some(g) = d.groups.iter().find(|g| g.name == GROUP) else {
+        let Some(g) = common::processors(&d) else {
             continue;
         };
         let handled: u64 = g.committed.iter().sum();
@@ -269,11 +269,7 @@ fn in_flight_member(
     let until = Instant::now() + Duration::from_millis(500);
     while Instant::now() < until {
         let d = topics.describe(TOPIC)?;
-        let g = d
-            .groups
-            .iter()
-            .find(|g| g.name == GROUP)
-            .ok_or("no group")?;
+        let g = common::processors(&d).ok_or("no group")?;
         if let Some(m) = g.members.iter().find(|m| m.name == name)
             && m.partitions.iter().any(|&p| d.lag(g, p as usize) > 0)
         {
@@ -300,11 +296,7 @@ fn kill_member(
     let mut reassigned: Option<BTreeMap<u32, u64>> = None;
     while killed_at.elapsed() < FAILOVER_LIMIT {
         let d = topics.describe(TOPIC)?;
-        let g = d
-            .groups
-            .iter()
-            .find(|g| g.name == GROUP)
-            .ok_or("no group")?;
+        let g = common::processors(&d).ok_or("no group")?;
         let at = |p: u32| g.committed[p as usize];
         match &reassigned {
             None => {

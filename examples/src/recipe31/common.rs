@@ -37,6 +37,13 @@ pub fn topic_config(partitions: u32) -> (TopicConfig, TopicOptions) {
     )
 }
 
+/// The workers' group in a description of the topic, once it exists.
+pub fn processors(
+    topic: &grafos_worker::mq::topic::TopicDescription,
+) -> Option<&grafos_worker::mq::topic::GroupDescription> {
+    topic.groups.iter().find(|g| g.name == GROUP)
+}
+
 /// The key of object `i`.
 pub fn object_key(i: u64) -> String {
     format!("obj-{i:07}")

@@ -124,7 +124,7 @@ fn pipeline(args: &DemoArgs, paths: &InstancePaths, root: &Path) -> Result<(), F
             continue;
         };
         let sent: u64 = d.partitions.iter().map(|p| p.head).sum();
-        let Some(g) = d.groups.iter().find(|g| g.name == GROUP) else {
+        let Some(g) = common::processors(&d) else {
             continue;
         };
         let done: u64 = g.committed.iter().sum();

@@ -107,11 +107,7 @@ pub fn read_u64(kv: &mut FabricKvStore, key: &str) -> grafos_worker::Result<u64>
 fn wait_for_group(topics: &TopicManager, drain: &Drain) -> grafos_worker::Result<()> {
     let mut said = false;
     loop {
-        let holding = topics
-            .describe(TOPIC)?
-            .groups
-            .iter()
-            .any(|g| g.name == GROUP && g.holding);
+        let holding = common::processors(&topics.describe(TOPIC)?).is_some_and(|g| g.holding);
         if holding || drain.requested() {
             return Ok(());
         }

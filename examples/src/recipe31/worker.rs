@@ -136,7 +136,7 @@ fn finished(topics: &TopicManager, checkpoints: &mut FabricKvStore) -> Result<bo
         return Ok(false);
     }
     let described = topics.describe(TOPIC)?;
-    let Some(group) = described.groups.iter().find(|g| g.name == GROUP) else {
+    let Some(group) = common::processors(&described) else {
         return Ok(false);
     };
     Ok((0..described.partitions.len()).all(|p| described.lag(group, p) == 0))
