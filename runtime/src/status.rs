@@ -18,7 +18,7 @@ use grafos_worker::mq::topic::{Topic, TopicDescription};
 use grafos_worker::participant::{liveness_file, liveness_locked};
 use grafos_worker::process::ProcessId;
 use grafos_worker::registry::Mapped;
-use grafos_worker::segment::{list_segments, open_if_kind};
+use grafos_worker::segment::{Segment, list_segments, open_if_kind};
 use serde::Serialize;
 
 use crate::group::{GroupStatus, read_status};
@@ -349,15 +349,18 @@ fn queues(instance: &str) -> Result<Vec<QueueStatus>, FabricError> {
     Ok(out)
 }
 
+/// The instance's memory-lease segments that can be opened (where hash
+/// maps and topics live), each opened as the iteration reaches it.
+fn lease_segments(instance: &str) -> Result<impl Iterator<Item = Segment> + '_, FabricError> {
+    Ok(list_segments(instance)?
+        .into_iter()
+        .filter(|object| object.starts_with("lease."))
+        .filter_map(move |object| open_if_kind(instance, &object, SegmentKind::Raw)?.ok()))
+}
+
 fn maps(instance: &str) -> Result<Vec<MapStatus>, FabricError> {
     let mut out = Vec::new();
-    for object in list_segments(instance)? {
-        if !object.starts_with("lease.") {
-            continue;
-        }
-        let Some(Ok(segment)) = open_if_kind(instance, &object, SegmentKind::Raw) else {
-            continue;
-        };
+    for segment in lease_segments(instance)? {
         let lease_id = segment.fields().lease_id;
         let Ok(Some(map)) = FabricHashMap::inspect(segment, instance) else {
             continue;
@@ -383,13 +386,7 @@ fn maps(instance: &str) -> Result<Vec<MapStatus>, FabricError> {
 
 fn topics(instance: &str) -> Result<Vec<TopicStatus>, FabricError> {
     let mut out = Vec::new();
-    for object in list_segments(instance)? {
-        if !object.starts_with("lease.") {
-            continue;
-        }
-        let Some(Ok(segment)) = open_if_kind(instance, &object, SegmentKind::Raw) else {
-            continue;
-        };
+    for segment in lease_segments(instance)? {
         let Ok(Some(topic)) = Topic::inspect(segment, instance) else {
             continue;
         };
