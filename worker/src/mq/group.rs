@@ -175,8 +175,8 @@ impl ConsumerGroup {
                 "{member} is not a member claimed through this handle"
             )));
         };
-        let generation = match self.topic.heartbeat(self.group, m.id) {
-            Ok(generation) => generation,
+        match self.topic.heartbeat(self.group, m.id) {
+            Ok(_) => {}
             Err(FabricError::Topic {
                 source: TopicError::NotMember,
                 ..
@@ -185,7 +185,7 @@ impl ConsumerGroup {
                 return Ok(true);
             }
             Err(e) => return Err(e),
-        };
+        }
         if self.last_eviction_check.elapsed() >= EVICTION_CHECK {
             self.last_eviction_check = Instant::now();
             self.topic.keep_alive();
@@ -202,10 +202,11 @@ impl ConsumerGroup {
             }
         }
         let m = self.members.get_mut(member).expect("looked up above");
-        if generation == m.generation && self.topic.generation(self.group) == generation {
+        // After the eviction check: a rebalance it made is seen now.
+        let now = self.topic.generation(self.group);
+        if now == m.generation {
             return Ok(false);
         }
-        let now = self.topic.generation(self.group);
         let owned = match self.topic.assignment(self.group, m.id) {
             Ok(owned) => owned,
             Err(FabricError::Topic {
