@@ -732,6 +732,14 @@ mod tests {
         false
     }
 
+    /// Joins `name` for `token` at time 0 with a long session, every
+    /// process alive.
+    fn join(t: &HeapTopic, g: GroupId, name: &str, token: u64) -> (MemberId, Vec<Owned>) {
+        t.ctrl
+            .claim_member(g, name, token, 0, SESSION, alive, &t.partitions())
+            .unwrap()
+    }
+
     fn parts(owned: &[Owned]) -> Vec<u64> {
         owned.iter().map(|o| o.partition).collect()
     }
@@ -758,15 +766,9 @@ mod tests {
         let t = HeapTopic::new(4, 8, 8, Overflow::Overwrite);
         let all = t.partitions();
         let g = t.ctrl.group("processors", 1, alive).unwrap();
-        let (m1, own1) = t
-            .ctrl
-            .claim_member(g, "worker-1", 11, 0, SESSION, alive, &all)
-            .unwrap();
+        let (m1, own1) = join(&t, g, "worker-1", 11);
         assert_eq!(parts(&own1), vec![0, 1, 2, 3]);
-        let (m2, own2) = t
-            .ctrl
-            .claim_member(g, "worker-2", 12, 0, SESSION, alive, &all)
-            .unwrap();
+        let (m2, own2) = join(&t, g, "worker-2", 12);
         let own1 = t.ctrl.assignment(g, m1, &all).unwrap();
         assert_eq!(own1.len(), 2);
         assert_eq!(own2.len(), 2);
@@ -795,18 +797,12 @@ mod tests {
         let t = HeapTopic::new(2, 8, 8, Overflow::Overwrite);
         let all = t.partitions();
         let g = t.ctrl.group("g", 1, alive).unwrap();
-        let (_, own1) = t
-            .ctrl
-            .claim_member(g, "a", 11, 0, SESSION, alive, &all)
-            .unwrap();
+        let (_, own1) = join(&t, g, "a", 11);
         assert_eq!(own1.len(), 2);
         t.ctrl
             .commit_owned(g, &all[1], own1[1], 3, &NoFutex)
             .unwrap();
-        let (_, own2) = t
-            .ctrl
-            .claim_member(g, "b", 12, 0, SESSION, alive, &all)
-            .unwrap();
+        let (_, own2) = join(&t, g, "b", 12);
         let moved = own2[0];
         let stale = own1[moved.partition as usize];
         let p = &all[moved.partition as usize];
@@ -925,14 +921,8 @@ mod tests {
         let t = HeapTopic::new(4, 8, 8, Overflow::Overwrite);
         let all = t.partitions();
         let g = t.ctrl.group("g", 1, alive).unwrap();
-        let (a, _) = t
-            .ctrl
-            .claim_member(g, "a", 11, 0, SESSION, alive, &all)
-            .unwrap();
-        let (b, _) = t
-            .ctrl
-            .claim_member(g, "b", 12, 0, SESSION, alive, &all)
-            .unwrap();
+        let (a, _) = join(&t, g, "a", 11);
+        let (b, _) = join(&t, g, "b", 12);
         t.ctrl.leave_member(g, b, 12, 1, alive, &all).unwrap();
         assert_eq!(t.ctrl.assignment(g, a, &all).unwrap().len(), 4);
         assert_partitioned(&t, g, &[a]);
@@ -960,12 +950,7 @@ mod tests {
         let g = t.ctrl.group("g", 1, alive).unwrap();
         let mut members = Vec::new();
         for (i, name) in ["a", "b", "c"].iter().enumerate() {
-            let token = 11 + i as u64;
-            let (m, _) = t
-                .ctrl
-                .claim_member(g, name, token, 0, SESSION, alive, &all)
-                .unwrap();
-            members.push(m);
+            members.push(join(&t, g, name, 11 + i as u64).0);
         }
         let counts = |ms: &[MemberId]| {
             let mut c: Vec<usize> = ms
@@ -989,14 +974,8 @@ mod tests {
         let t = HeapTopic::new(4, 8, 8, Overflow::Overwrite);
         let all = t.partitions();
         let g = t.ctrl.group("g", 1, alive).unwrap();
-        let (a, _) = t
-            .ctrl
-            .claim_member(g, "a", 11, 0, SESSION, alive, &all)
-            .unwrap();
-        let (b, own_b) = t
-            .ctrl
-            .claim_member(g, "b", 12, 0, SESSION, alive, &all)
-            .unwrap();
+        let (a, _) = join(&t, g, "a", 11);
+        let (b, own_b) = join(&t, g, "b", 12);
         let generation = t.ctrl.generation(g);
         // A rebalancer dies after marking `seq` odd and clearing b's entry,
         // before it hands b's partitions out.
